@@ -1,0 +1,363 @@
+"""Build archives as streams, and extract them safely.
+
+Writing: a zip is written straight into a writable stream (no temporary file); each file is stored
+or deflated depending on whether a sample of it compresses, so float weights are not pushed through
+DEFLATE at single-core speed.
+
+Reading: member names are checked before anything is written (absolute paths, `..`, links, devices
+are refused), and extraction happens in a staging directory that is moved into place only when every
+member has passed its CRC: a bad archive leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import struct
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterable
+
+from colab_magics.errors import CorruptArchive, UnsafeArchive
+
+COPY_BLOCK = 4 * 1024 * 1024
+_SAMPLE = 256 * 1024
+_SMALL_FILE = 64 * 1024
+_COMPRESSIBLE_RATIO = 0.85
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
+
+
+# --- writing ------------------------------------------------------------------------------------
+def choose_compression(path: Path, size: int) -> int:
+    """DEFLATE when a sample of the file shrinks by 15 % or more, else STORED."""
+    if size <= _SMALL_FILE:
+        return zipfile.ZIP_DEFLATED
+    with open(path, "rb") as fh:
+        sample = fh.read(_SAMPLE)
+    packed = zlib.compress(sample, 1)
+    return zipfile.ZIP_DEFLATED if len(packed) < _COMPRESSIBLE_RATIO * len(sample) else zipfile.ZIP_STORED
+
+
+def write_zip(
+    out: BinaryIO,
+    root: Path,
+    files: Iterable[Path],
+    *,
+    comment: bytes = b"",
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
+    """Write `files` (paths inside `root`) as a zip into the stream `out`; return the member count.
+
+    `on_bytes(n)` is called as source bytes are read, for progress bars.
+    """
+    count = 0
+    buffer = bytearray(COPY_BLOCK)
+    view = memoryview(buffer)
+    with zipfile.ZipFile(out, mode="w", allowZip64=True) as zf:
+        for path in files:
+            st = path.stat()
+            info = zipfile.ZipInfo.from_file(path, arcname=path.relative_to(root).as_posix())
+            info.compress_type = choose_compression(path, st.st_size)
+            if info.compress_type == zipfile.ZIP_DEFLATED:
+                info._compresslevel = 1  # fast: checkpoints are big and rarely very compressible
+            with open(path, "rb") as src, zf.open(info, "w", force_zip64=st.st_size > 2**31) as dst:
+                while True:
+                    n = src.readinto(buffer)
+                    if not n:
+                        break
+                    dst.write(view[:n])
+                    if on_bytes is not None:
+                        on_bytes(n)
+            count += 1
+        zf.comment = comment
+    return count
+
+
+# --- checking names -----------------------------------------------------------------------------
+def safe_member_path(name: str) -> PurePosixPath:
+    """The relative path a member may be extracted to, or UnsafeArchive."""
+    if "\x00" in name or "\\" in name:
+        raise UnsafeArchive(f"archive member {name!r} has a forbidden character: refusing to extract")
+    path = PurePosixPath(name)
+    if path.is_absolute() or (path.parts and path.parts[0].endswith(":")):
+        raise UnsafeArchive(f"archive member {name!r} has an absolute path: refusing to extract")
+    if ".." in path.parts:
+        raise UnsafeArchive(f"archive member {name!r} points outside the target: refusing to extract")
+    if not path.parts:
+        raise UnsafeArchive("archive member with an empty name: refusing to extract")
+    return path
+
+
+def _check_zip_member(info: zipfile.ZipInfo) -> None:
+    safe_member_path(info.filename)
+    mode = info.external_attr >> 16
+    if info.create_system == 3 and mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or special file"
+        raise UnsafeArchive(f"archive member {info.filename!r} is {kind}: refusing to extract")
+    if info.flag_bits & 0x1:
+        raise UnsafeArchive(f"archive member {info.filename!r} is encrypted: refusing to extract")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CorruptArchive(
+            f"archive member {info.filename!r} uses compression method {info.compress_type}: "
+            "only stored and deflated members are supported"
+        )
+
+
+# --- reading a zip as a stream ------------------------------------------------------------------
+class NeedBytes(Exception):
+    """Raised by TailFile when the zip index reaches before the bytes we fetched."""
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
+class TailFile(io.RawIOBase):
+    """The last bytes of a remote object, seekable, so `zipfile` can read its central directory."""
+
+    def __init__(self, size: int, tail_offset: int, tail: bytes):
+        self._size, self._start, self._tail, self._pos = size, tail_offset, tail, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        if self._pos >= self._size:
+            return 0
+        if self._pos < self._start:
+            raise NeedBytes(self._pos)
+        chunk = self._tail[self._pos - self._start : self._pos - self._start + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+def read_zip_index(size: int, fetch: Callable[[int, int], bytes], tail: int = 256 * 1024) -> zipfile.ZipFile:
+    """Parse a remote zip's central directory from its tail; `fetch(start, end)` gets a byte range."""
+    start = max(0, size - tail)
+    data = fetch(start, size - 1) if size else b""
+    while True:
+        try:
+            return zipfile.ZipFile(TailFile(size, start, data))
+        except NeedBytes as need:
+            start, data = need.offset, fetch(need.offset, start - 1) + data
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, struct.error, ValueError, EOFError) as exc:
+            raise CorruptArchive(f"not a valid zip archive ({exc}): it may be truncated") from None
+
+
+@dataclass
+class _Entry:
+    info: zipfile.ZipInfo
+    path: PurePosixPath
+
+
+class ZipStreamExtractor(io.RawIOBase):
+    """A writable sink: the zip's bytes go in, in order; member files come out in `dest`.
+
+    Each member's local header is parsed as it arrives, its data is written (inflated if needed) to
+    its file and its CRC-32 is checked against the central directory read beforehand.
+    """
+
+    def __init__(self, index: zipfile.ZipFile, dest: Path):
+        infos = sorted(index.infolist(), key=lambda i: i.header_offset)
+        for info in infos:
+            _check_zip_member(info)
+        for before, after in zip(infos, infos[1:]):
+            if before.header_offset + 30 + before.compress_size > after.header_offset:
+                raise CorruptArchive("archive members overlap: refusing to extract")
+        self._entries = [_Entry(i, safe_member_path(i.filename)) for i in infos]
+        self._dest = dest
+        self._pos = 0  # offset in the archive of the next byte written to us
+        self._i = 0  # index of the entry we are in or waiting for
+        self._header = bytearray()
+        self._remaining = 0  # data bytes of the current entry still to come
+        self._out: BinaryIO | None = None
+        self._crc = 0
+        self._inflater = None
+        self.members_written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        while view:
+            view = self._feed(view)
+        return len(data)
+
+    def _feed(self, view: memoryview) -> memoryview:
+        if self._i >= len(self._entries):  # central directory and trailer: already parsed
+            self._pos += len(view)
+            return view[len(view):]
+        entry = self._entries[self._i]
+        if self._out is None and self._remaining == 0:
+            skip = entry.info.header_offset - self._pos - len(self._header)
+            if skip > 0:  # a data descriptor or padding between members
+                take = min(skip, len(view))
+                self._pos += take
+                return view[take:]
+            return self._read_header(entry, view)
+        take = min(self._remaining, len(view))
+        self._write_data(entry, view[:take])
+        self._remaining -= take
+        self._pos += take
+        if self._remaining == 0:
+            self._finish_member(entry)
+        return view[take:]
+
+    def _read_header(self, entry: _Entry, view: memoryview) -> memoryview:
+        need = 30 if len(self._header) < 30 else 30 + _name_extra_len(self._header)
+        take = min(need - len(self._header), len(view))
+        self._header += view[:take]
+        if len(self._header) == 30 and self._header[:4] != b"PK\x03\x04":
+            raise CorruptArchive(f"member {entry.info.filename!r} has no local header: archive is corrupt")
+        if len(self._header) >= 30 and len(self._header) == 30 + _name_extra_len(self._header):
+            name = bytes(self._header[30 : 30 + struct.unpack("<H", self._header[26:28])[0]])
+            if name.decode("utf-8", "replace") != entry.info.filename and name.decode("cp437") != entry.info.filename:
+                raise CorruptArchive(f"member {entry.info.filename!r} does not match its local header")
+            self._pos += len(self._header)
+            self._header = bytearray()
+            self._start_member(entry)
+            return view[take:]
+        return view[take:]
+
+    def _start_member(self, entry: _Entry) -> None:
+        target = self._dest.joinpath(*entry.path.parts)
+        self._remaining = entry.info.compress_size
+        self._crc = 0
+        if entry.info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            self._out = None
+            if self._remaining == 0:
+                self._finish_member(entry)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._out = open(target, "wb")
+        self._inflater = zlib.decompressobj(-15) if entry.info.compress_type == zipfile.ZIP_DEFLATED else None
+        if self._remaining == 0:
+            self._finish_member(entry)
+
+    def _write_data(self, entry: _Entry, data: memoryview) -> None:
+        if self._out is None:
+            return
+        if self._inflater is not None:
+            data = self._inflater.decompress(data)
+        self._crc = zlib.crc32(data, self._crc)
+        self._out.write(data)
+
+    def _finish_member(self, entry: _Entry) -> None:
+        if self._out is not None:
+            if self._inflater is not None:
+                tail = self._inflater.flush()
+                self._crc = zlib.crc32(tail, self._crc)
+                self._out.write(tail)
+                if not self._inflater.eof:
+                    raise CorruptArchive(f"member {entry.info.filename!r} is truncated: archive is corrupt")
+            size = self._out.tell()
+            self._out.close()
+            self._out = None
+            if self._crc != entry.info.CRC or size != entry.info.file_size:
+                raise CorruptArchive(
+                    f"member {entry.info.filename!r} fails its CRC check: the archive is corrupt"
+                )
+            self._set_mtime(entry)
+        self.members_written += 1
+        self._i += 1
+
+    def _set_mtime(self, entry: _Entry) -> None:
+        import time
+
+        try:
+            mtime = time.mktime(entry.info.date_time + (0, 0, -1))
+            os.utime(self._dest.joinpath(*entry.path.parts), (mtime, mtime))
+        except (OverflowError, ValueError, OSError):
+            pass
+
+    def finish(self) -> int:
+        """Check that every member arrived whole; return how many were extracted."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        if self._i < len(self._entries):
+            raise CorruptArchive(
+                f"archive ended inside member {self._entries[self._i].info.filename!r}: it is truncated"
+            )
+        return self.members_written
+
+    def abort(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+def _name_extra_len(header: bytearray) -> int:
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return name_len + extra_len
+
+
+# --- tar.gz (the format later colab_utils versions wrote) ---------------------------------------
+def extract_tar_stream(stream: BinaryIO, dest: Path) -> int:
+    """Extract a tar.gz read sequentially from `stream` into `dest`; refuse anything unsafe."""
+    count = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|gz") as tar:
+            for member in tar:
+                safe_member_path(member.name)
+                if member.issym() or member.islnk():
+                    raise UnsafeArchive(f"archive member {member.name!r} is a link: refusing to extract")
+                if not (member.isfile() or member.isdir()):
+                    raise UnsafeArchive(
+                        f"archive member {member.name!r} is a device or special file: refusing to extract"
+                    )
+                tar.extract(member, dest, filter="data")
+                count += 1
+    except tarfile.FilterError as exc:
+        raise UnsafeArchive(f"{exc}: refusing to extract") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        if isinstance(exc, (PermissionError, FileNotFoundError)):
+            raise
+        raise CorruptArchive(f"not a valid tar.gz archive ({exc}): it may be truncated") from None
+    return count
+
+
+# --- putting a restore in place -----------------------------------------------------------------
+def staging_dir(target: Path) -> Path:
+    """An empty directory beside `target` (same filesystem, so the final move is a rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.restoring-", dir=target.parent))
+
+
+def move_into_place(staging: Path, target: Path) -> None:
+    """Move an extracted tree into `target`: one rename when target is new or empty, else file by file.
+
+    Files already in `target` that the archive does not hold are kept.
+    """
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)
+        return
+    if not target.is_dir():
+        raise UnsafeArchive(f"{target} exists and is not a directory: choose another target")
+    for dirpath, dirnames, filenames in os.walk(staging):
+        rel = Path(dirpath).relative_to(staging)
+        (target / rel).mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            os.replace(Path(dirpath) / name, target / rel / name)
+    shutil.rmtree(staging, ignore_errors=True)

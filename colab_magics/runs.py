@@ -1,0 +1,351 @@
+"""Runs in a bucket: save the latest checkpoint of a run directory, list archives, restore one.
+
+An archive is `{PREFIX}/{RUN}.{STEP}.zip`, RUN being the run directory's name (the original
+colab_utils convention), so `%gcs_list` can group archives by run and `%gcs_load` can find the latest.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from colab_magics import archive, checkpoints, storage
+from colab_magics.errors import (
+    ArchiveNotFound,
+    ColabMagicsError,
+    CorruptArchive,
+    DownloadFailed,
+    NoCheckpointFound,
+    UploadFailed,
+)
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_NAME = re.compile(r"^(?P<run>.+)\.(?P<step>\d+)\.(?P<ext>zip|tar\.gz|tgz)$")
+PROGRESS_MIN_BYTES = 64 * storage.MiB
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """Knobs of uploads and downloads (filled from `%config ColabMagics.*` by the magics)."""
+
+    chunk_size: int = storage.DEFAULT_CHUNK_SIZE
+    retry_deadline: float = 120.0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Saved:
+    url: str
+    run: str
+    step: int
+    size: int
+    files: int
+    checkpoint: Path
+    seconds: float
+    deleted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    url: str
+    run: str
+    step: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Restored:
+    url: str
+    target: Path
+    checkpoint: Path | None
+    step: int
+    files: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    url: str
+    run: str
+    step: int
+    size: int
+    updated: datetime | None
+    name: str = field(repr=False, default="")
+
+
+def archive_name(run: str, step: int, ext: str = "zip") -> str:
+    """The one place archive names are made: `run1.1000.zip`."""
+    return f"{run}.{step}.{ext}"
+
+
+# --- save ---------------------------------------------------------------------------------------
+def save_run(
+    run_dir,
+    destination: str,
+    *,
+    step: int | None = None,
+    events: bool = False,
+    force: bool = False,
+    keep: int | None = None,
+    settings: TransferSettings | None = None,
+    client=None,
+) -> Saved | Skipped:
+    """Archive the latest (or `step`'s) checkpoint of `run_dir` into `destination` as RUN.STEP.zip."""
+    settings = settings or TransferSettings()
+    if keep is not None and keep < 1:
+        raise ColabMagicsError("--keep must be at least 1: it counts the archives to keep, the new one included")
+    ckpt = checkpoints.find_checkpoint(run_dir, step)
+    root = Path(run_dir).expanduser()
+    members = sorted(set(ckpt.files) | (set(checkpoints.event_files(root)) if events else set()))
+    location = storage.parse_url(destination)
+    run = root.resolve().name
+    target = location.child(archive_name(run, ckpt.step))
+    client = client or _client()
+    bucket = storage.require_bucket(client, location)
+    blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
+    if not force:
+        with storage.translated_errors(target, "check"):
+            if blob.exists():
+                return Skipped(target.url, run, ckpt.step, "already in the bucket (use --force to replace it)")
+    started = time.monotonic()
+    manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "layout": ckpt.layout,
+                "checkpoint": ckpt.path.relative_to(root).as_posix()}
+    try:
+        size = _upload_zip(blob, root, members, json.dumps(manifest).encode(), force, settings)
+    except _PreconditionFailed:
+        return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile")
+    deleted = prune(location, run, keep, client=client) if keep else ()
+    return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started, deleted)
+
+
+class _PreconditionFailed(Exception):
+    pass
+
+
+def _upload_zip(blob, root: Path, members: list[Path], comment: bytes, force: bool, settings) -> int:
+    """Stream a zip of `members` into `blob`; only a complete, crc32c-checked object ever exists."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    total = sum(p.stat().st_size for p in members)
+    pipe = storage.ChunkPipe(settings.chunk_size)
+    bar = _progress(total, f"upload {blob.name}", settings)
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            archive.write_zip(pipe.writer, root, members, comment=comment, on_bytes=bar.update if bar else None)
+        except storage._Cancelled:
+            return
+        except BaseException as exc:  # handed to the uploading thread, which re-raises it
+            failure.append(exc)
+            pipe.finish_writing(exc)
+            return
+        pipe.finish_writing()
+
+    writer = threading.Thread(target=produce, name="colab-magics-zip", daemon=True)
+    writer.start()
+    try:
+        with storage.translated_errors(blob.bucket.name + "/" + blob.name, "upload to"):
+            try:
+                blob.upload_from_file(
+                    pipe,
+                    size=None,
+                    content_type="application/zip",
+                    checksum="crc32c",
+                    if_generation_match=None if force else 0,
+                    retry=storage.retry_policy(settings.retry_deadline),
+                )
+            except PreconditionFailed:
+                raise _PreconditionFailed() from None
+    except BaseException as exc:
+        pipe.cancel()
+        writer.join(timeout=30)
+        if failure and exc is failure[0]:
+            if isinstance(exc, OSError):
+                raise UploadFailed(f"could not read {getattr(exc, 'filename', '') or 'a file'} while archiving: "
+                                   f"{exc.strerror or exc}; nothing was uploaded") from None
+            raise
+        if isinstance(exc, (ColabMagicsError, _PreconditionFailed, KeyboardInterrupt)):
+            raise
+        if type(exc).__name__ in {"DataCorruption", "InvalidResponse"}:
+            raise UploadFailed(f"upload of gs://{blob.bucket.name}/{blob.name} failed its checksum "
+                               "and was deleted: run the save again") from None
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    writer.join(timeout=30)
+    if blob.size is not None and blob.size != pipe.bytes_written:
+        blob.delete(if_generation_match=blob.generation)
+        raise UploadFailed(f"gs://{blob.bucket.name}/{blob.name} arrived incomplete and was deleted: run the save again")
+    return pipe.bytes_written
+
+
+# --- list and prune -----------------------------------------------------------------------------
+def list_archives(location: str | storage.GcsPath, run: str | None = None, *, client=None) -> list[ArchiveInfo]:
+    """Archives directly under `location` (not in sub-prefixes), sorted by run then step."""
+    loc = storage.parse_url(location) if isinstance(location, str) else location
+    client = client or _client()
+    prefix = f"{loc.path}/" if loc.path else ""
+    if run:
+        prefix += f"{run}."
+    found = []
+    with storage.translated_errors(loc, "list"):
+        for blob in client.list_blobs(loc.bucket, prefix=prefix or None, delimiter="/"):
+            match = ARCHIVE_NAME.match(blob.name[len(loc.path) + 1 if loc.path else 0 :])
+            if not match or (run and match.group("run") != run):
+                continue
+            found.append(ArchiveInfo(f"gs://{loc.bucket}/{blob.name}", match.group("run"),
+                                     int(match.group("step")), blob.size or 0, blob.updated, blob.name))
+    return sorted(found, key=lambda a: (a.run, a.step, a.name))
+
+
+def prune(location: storage.GcsPath, run: str, keep: int, *, client=None) -> tuple[str, ...]:
+    """Delete all but the newest `keep` archives of `run`; return the deleted URLs."""
+    client = client or _client()
+    archives = list_archives(location, run, client=client)
+    doomed = archives[:-keep] if keep < len(archives) else []
+    bucket = client.bucket(location.bucket)
+    with storage.translated_errors(location, "delete old archives in"):
+        for info in doomed:
+            bucket.blob(info.name).delete()
+    return tuple(info.url for info in doomed)
+
+
+# --- load ---------------------------------------------------------------------------------------
+def resolve_archive(source: str, *, client=None) -> ArchiveInfo:
+    """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its latest archive."""
+    loc = storage.parse_url(source)
+    client = client or _client()
+    name = loc.path.rsplit("/", 1)[-1]
+    if ARCHIVE_NAME.match(name):
+        match = ARCHIVE_NAME.match(name)
+        return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path)
+    if not name:
+        raise ArchiveNotFound(f"{source} names no run: write gs://BUCKET[/PREFIX]/RUN or an archive URL")
+    parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
+    storage.require_bucket(client, parent)
+    archives = list_archives(parent, name, client=client)
+    if not archives:
+        raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: %gcs_list {parent} shows what is there")
+    return max(archives, key=lambda a: a.step)
+
+
+def load_run(source: str, target_dir, *, settings: TransferSettings | None = None, client=None) -> Restored:
+    """Restore an archive (or a run's latest) into `target_dir`; a bad archive leaves it untouched."""
+    settings = settings or TransferSettings()
+    client = client or _client()
+    info = resolve_archive(source, client=client)
+    loc = storage.parse_url(info.url)
+    bucket = storage.require_bucket(client, loc)
+    with storage.translated_errors(loc, "read"):
+        blob = bucket.get_blob(info.name, chunk_size=settings.chunk_size)
+    if blob is None:
+        raise ArchiveNotFound(f"{info.url} does not exist: %gcs_list gs://{loc.bucket} shows what is there")
+    target = Path(target_dir).expanduser()
+    started = time.monotonic()
+    staging = archive.staging_dir(target)
+    try:
+        with storage.translated_errors(loc, "download"):
+            count = _extract(blob, staging, settings)
+        checkpoint = _prepare_checkpoint(staging, info.step)
+        archive.move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    path = target / checkpoint if checkpoint is not None else None
+    return Restored(info.url, target, path, info.step, count, time.monotonic() - started)
+
+
+def _extract(blob, staging: Path, settings: TransferSettings) -> int:
+    retry = storage.retry_policy(settings.retry_deadline)
+    bar = _progress(blob.size or 0, f"download {blob.name}", settings)
+    try:
+        if blob.name.endswith(".zip"):
+            index = archive.read_zip_index(
+                blob.size, lambda a, b: blob.download_as_bytes(start=a, end=b, checksum=None, retry=retry))
+            sink = archive.ZipStreamExtractor(index, staging)
+            tee = _Crc32cTee(sink, bar)
+            try:
+                blob.download_to_file(tee, checksum=None, retry=retry)
+            finally:
+                sink.abort()
+            count = sink.finish()
+        else:
+            with blob.open("rb", chunk_size=settings.chunk_size, retry=retry) as reader:
+                tee = _Crc32cTee(reader, bar)
+                count = archive.extract_tar_stream(tee, staging)
+                tee.drain()
+    finally:
+        if bar is not None:
+            bar.close()
+    if blob.crc32c and tee.crc32c() != blob.crc32c:
+        raise DownloadFailed(f"gs://{blob.bucket.name}/{blob.name} failed its crc32c check while downloading: try again")
+    return count
+
+
+def _prepare_checkpoint(staging: Path, step: int) -> Path | None:
+    """The restored checkpoint's path relative to the target; a TF state file names it, relatively."""
+    try:
+        ckpt = checkpoints.find_checkpoint(staging, step)
+    except NoCheckpointFound:
+        try:
+            ckpt = checkpoints.find_checkpoint(staging)
+        except NoCheckpointFound:
+            return None
+    if ckpt.layout == "tensorflow":
+        checkpoints.write_tf_state(ckpt.path.parent, ckpt.path.name)
+    return ckpt.path.relative_to(staging)
+
+
+class _Crc32cTee:
+    """Passes bytes through (writes to a sink, or reads from a source) while computing crc32c."""
+
+    def __init__(self, inner, bar=None):
+        import google_crc32c
+
+        self._inner, self._bar = inner, bar
+        self._crc = google_crc32c.Checksum()
+
+    def write(self, data) -> int:
+        self._crc.update(data)
+        if self._bar is not None:
+            self._bar.update(len(data))
+        return self._inner.write(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        self._crc.update(data)
+        if self._bar is not None:
+            self._bar.update(len(data))
+        return data
+
+    def drain(self) -> None:
+        while self.read(4 * storage.MiB):
+            pass
+
+    def crc32c(self) -> str:
+        return base64.b64encode(self._crc.digest()).decode()
+
+
+def _progress(total: int, desc: str, settings: TransferSettings):
+    if not settings.progress or total < PROGRESS_MIN_BYTES:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+
+
+def _client():
+    from colab_magics import session
+
+    return session.current().storage_client()

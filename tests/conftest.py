@@ -1,0 +1,149 @@
+"""Shared fixtures: a real fake-gcs-server, a real IPython shell with the extension loaded.
+
+The emulator is started here with plain subprocess (not through colab_magics' registry), so
+`%unload_ext` in a test never ends it; every process colab_magics starts is checked to be gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+os.environ.setdefault("COLAB_MAGICS_PROGRESS", "false")
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def poll(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
+    """Wait for `predicate()` to be truthy, failing the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_fake_gcs(tmp_root: Path | None = None) -> tuple[subprocess.Popen, str]:
+    from colab_magics.emulator import binary_path
+
+    port = free_port()
+    host = f"http://127.0.0.1:{port}"
+    argv = [str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+            "-external-url", host, "-log-level", "error"]
+    argv += ["-backend", "filesystem", "-filesystem-root", str(tmp_root)] if tmp_root else ["-backend", "memory"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    poll(lambda: _answers(f"{host}/storage/v1/b"), 20, message="fake-gcs-server")
+    return proc, host
+
+
+@pytest.fixture(scope="session")
+def emulator_host():
+    """A real fake-gcs-server on a random port, in memory, for the whole test session."""
+    proc, host = start_fake_gcs()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    yield host
+    proc.terminate()
+    proc.wait(timeout=10)
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture()
+def gcs(emulator_host, monkeypatch):
+    """A storage client on the emulator and the session's credentials pointing at it."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from colab_magics import auth, session
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator_host)
+    session.current().set_auth(auth.authenticate())
+    client = storage.Client(project="test-project", credentials=AnonymousCredentials())
+    yield client
+    session.current().set_auth(None)
+
+
+@pytest.fixture()
+def bucket(gcs):
+    """A fresh, empty bucket on the emulator."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    return gcs.create_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def shell():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    return InteractiveShell.instance()
+
+
+@pytest.fixture()
+def ip(shell):
+    """A real IPython shell with `%load_ext colab_magics` done; unloaded (and cleaned up) after."""
+    shell.run_line_magic("load_ext", "colab_magics")
+    yield shell
+    shell.run_line_magic("unload_ext", "colab_magics")
+
+
+def run_cell(shell, code: str):
+    """Run a cell as a user would; return the ExecutionResult."""
+    return shell.run_cell(code, store_history=False)
+
+
+@pytest.fixture(autouse=True)
+def no_orphans():
+    """Every child process a test leaves behind must be one it found (the session emulator)."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    from colab_magics import processes
+
+    leftover = [p for p in processes.registry.all()]
+    for tracked in leftover:
+        processes.registry.stop(tracked)
+    assert not leftover, f"test left tracked processes running: {[t.name for t in leftover]}"
+
+    def strays():
+        return [p for p in me.children(recursive=True) if p.pid not in before and _running(p)]
+
+    deadline = time.monotonic() + 10
+    while strays() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = strays()
+    for p in left:
+        p.kill()
+    assert not left, f"test left child processes: {[p.name() for p in left]}"
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
