@@ -47,6 +47,9 @@ def _answers(url: str) -> bool:
         return False
 
 
+SESSION_PIDS: set[int] = set()  # processes of session-scoped fixtures, which outlive a test
+
+
 def start_fake_gcs(tmp_root: Path | None = None) -> tuple[subprocess.Popen, str]:
     from colab_magics.emulator import binary_path
 
@@ -56,6 +59,7 @@ def start_fake_gcs(tmp_root: Path | None = None) -> tuple[subprocess.Popen, str]
             "-external-url", host, "-log-level", "error"]
     argv += ["-backend", "filesystem", "-filesystem-root", str(tmp_root)] if tmp_root else ["-backend", "memory"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    SESSION_PIDS.add(proc.pid)
     poll(lambda: _answers(f"{host}/storage/v1/b"), 20, message="fake-gcs-server")
     return proc, host
 
@@ -131,7 +135,8 @@ def no_orphans():
     assert not leftover, f"test left tracked processes running: {[t.name for t in leftover]}"
 
     def strays():
-        return [p for p in me.children(recursive=True) if p.pid not in before and _running(p)]
+        return [p for p in me.children(recursive=True)
+                if p.pid not in before and p.pid not in SESSION_PIDS and _running(p)]
 
     deadline = time.monotonic() + 10
     while strays() and time.monotonic() < deadline:
