@@ -97,7 +97,7 @@ def safe_member_path(name: str) -> PurePosixPath:
 def _check_zip_member(info: zipfile.ZipInfo) -> None:
     safe_member_path(info.filename)
     mode = info.external_attr >> 16
-    if info.create_system == 3 and mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if info.create_system == 3 and stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or special file"
         raise UnsafeArchive(f"archive member {info.filename!r} is {kind}: refusing to extract")
     if info.flag_bits & 0x1:

@@ -110,7 +110,7 @@ def save_run(
     run = root.resolve().name
     target = location.child(archive_name(run, ckpt.step))
     client = client or _client()
-    bucket = storage.require_bucket(client, location)
+    bucket = storage.require_bucket(client, location, settings.retry_deadline)
     blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
     if not force:
         with storage.translated_errors(target, "check"):
@@ -222,7 +222,7 @@ def prune(location: storage.GcsPath, run: str, keep: int, *, client=None) -> tup
 
 
 # --- load ---------------------------------------------------------------------------------------
-def resolve_archive(source: str, *, client=None) -> ArchiveInfo:
+def resolve_archive(source: str, *, client=None, deadline: float = storage.EXISTS_CHECK_DEADLINE) -> ArchiveInfo:
     """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its latest archive."""
     loc = storage.parse_url(source)
     client = client or _client()
@@ -233,7 +233,7 @@ def resolve_archive(source: str, *, client=None) -> ArchiveInfo:
     if not name:
         raise ArchiveNotFound(f"{source} names no run: write gs://BUCKET[/PREFIX]/RUN or an archive URL")
     parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
-    storage.require_bucket(client, parent)
+    storage.require_bucket(client, parent, deadline)
     archives = list_archives(parent, name, client=client)
     if not archives:
         raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: %gcs_list {parent} shows what is there")
@@ -244,9 +244,9 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
     """Restore an archive (or a run's latest) into `target_dir`; a bad archive leaves it untouched."""
     settings = settings or TransferSettings()
     client = client or _client()
-    info = resolve_archive(source, client=client)
+    info = resolve_archive(source, client=client, deadline=settings.retry_deadline)
     loc = storage.parse_url(info.url)
-    bucket = storage.require_bucket(client, loc)
+    bucket = storage.require_bucket(client, loc, settings.retry_deadline)
     with storage.translated_errors(loc, "read"):
         blob = bucket.get_blob(info.name, chunk_size=settings.chunk_size)
     if blob is None:

@@ -97,6 +97,11 @@ def translated_errors(target: GcsPath | str, action: str):
             f"could not {action} {target}: {_endpoint()} does not answer "
             "(for the local emulator run  %gcs_auth --emulator  again)"
         ) from exc
+    except gexc.RetryError as exc:
+        raise StorageUnreachable(
+            f"could not {action} {target}: {_endpoint()} does not answer after retrying "
+            f"({type(exc.cause).__name__}); check the network, or run  %gcs_auth --emulator  again"
+        ) from exc
     except gexc.GoogleAPICallError as exc:
         raise StorageError(f"could not {action} {target}: {exc.message or exc}") from exc
     except auth_exc.RefreshError as exc:
@@ -129,11 +134,14 @@ def retry_policy(deadline: float):
     return DEFAULT_RETRY.with_timeout(deadline) if hasattr(DEFAULT_RETRY, "with_timeout") else DEFAULT_RETRY.with_deadline(deadline)
 
 
-def require_bucket(client, location: GcsPath):
+EXISTS_CHECK_DEADLINE = 15.0  # a first request to a dead endpoint should fail fast, not in minutes
+
+
+def require_bucket(client, location: GcsPath, deadline: float = EXISTS_CHECK_DEADLINE):
     """The bucket object, after checking it exists (one request), else BucketNotFound."""
     bucket = client.bucket(location.bucket)
     with translated_errors(location, "reach"):
-        if not bucket.exists():
+        if not bucket.exists(retry=retry_policy(min(deadline, EXISTS_CHECK_DEADLINE))):
             raise BucketNotFound(_not_found_message(location, None))
     return bucket
 
