@@ -18,6 +18,7 @@ from colab_magics import processes
 from colab_magics.errors import EmulatorError, MissingDependency
 
 START_TIMEOUT = 20.0
+DEFAULT_BUCKET = "local-bucket"  # every emulator we start has it, so a first save needs no setup
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,19 @@ def answers(host: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def create_bucket(host: str, name: str) -> None:
+    """Create bucket `name` on the emulator unless it exists (plain HTTP: no heavy imports)."""
+    request = urllib.request.Request(
+        f"{host}/storage/v1/b?project=local-project", data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:  # 409: it already exists
+            raise EmulatorError(f"the emulator refused to create bucket {name}: HTTP {exc.code}") from None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,6 +103,7 @@ def start(root: Path | None = None, *, port: int | None = None) -> Emulator:
             f"the local GCS emulator did not answer on {host} within {START_TIMEOUT:.0f} s"
             + (f": {tail.splitlines()[-1]}" if tail else "")
         )
+    create_bucket(host, DEFAULT_BUCKET)
     if root is not None:
         (root / "emulator.json").write_text(json.dumps({"host": host, "pid": tracked.pid}))
     return Emulator(host=host, root=root, started=True, pid=tracked.pid)
