@@ -269,13 +269,15 @@ SAVE_SCRIPT = textwrap.dedent("""
 class CuttingProxy:
     """A TCP proxy to the emulator that cuts connections once `cut_after` upstream bytes passed."""
 
-    def __init__(self, upstream_port: int, cut_after: int | None = None, cuts: int = 1):
+    def __init__(self, upstream_port: int, cut_after: int | None = None, cuts: int = 1, then_down: bool = False):
         import socket
         import threading
 
         self.upstream_port, self.cut_after, self.cuts_left = upstream_port, cut_after, cuts
+        self.then_down = then_down  # after the cut, refuse every connection until healed
         self.forwarded = 0
         self.refusing = False
+        self._open: list = []
         self._lock = threading.Lock()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
@@ -295,6 +297,7 @@ class CuttingProxy:
                 client.close()
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._open += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
@@ -312,6 +315,8 @@ class CuttingProxy:
                         if cut:
                             self.cuts_left -= 1
                     if cut:
+                        if self.then_down:
+                            self.go_down()
                         break
                 dst.sendall(data)
         except OSError:
@@ -322,7 +327,17 @@ class CuttingProxy:
             except OSError:
                 pass
 
+    def go_down(self):
+        """Refuse new connections and cut the open ones (pooled keep-alive connections included)."""
+        self.refusing = True
+        for sock in list(self._open):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
     def close(self):
+        self.go_down()
         self.server.close()
 
 
@@ -364,16 +379,7 @@ def test_a_connection_cut_mid_upload_is_retried_or_fails_cleanly(bucket, proxy, 
 def test_an_endpoint_that_stays_down_fails_clearly_and_leaves_no_object(bucket, proxy, tmp_path):
     run_dir = tmp_path / "run1"
     write(run_dir / "model-5.keras", 4 * 1024 * 1024)
-    p = proxy(cut_after=2 * 1024 * 1024, cuts=1)
-
-    import threading
-
-    def watch():
-        # Let the bucket check through, then cut the upload and refuse every connection after it.
-        poll(lambda: p.cuts_left == 0, 30, message="the cut")
-        p.refusing = True
-
-    threading.Thread(target=watch, daemon=True).start()
+    p = proxy(cut_after=2 * 1024 * 1024, cuts=1, then_down=True)
     settings = runs.TransferSettings(chunk_size=1024 * 1024, retry_deadline=2, progress=False)
     with pytest.raises(StorageUnreachable, match="does not answer"):
         runs.save_run(run_dir, bucket.name, settings=settings)
