@@ -40,6 +40,7 @@ class AuthInfo:
     credentials: object = field(repr=False, compare=False, default=None)
     emulator_host: str | None = None
     emulator_started: bool = False
+    key_file: str | None = None  # for tools that take a key path (rclone, gcsfuse); never its content
 
 
 def authenticate(
@@ -139,6 +140,7 @@ def _key_file_auth(path: Path, project: str | None) -> AuthInfo:
         info.get("client_email", "service account"),
         project or info.get("project_id") or _env_project(),
         credentials,
+        key_file=str(path),
     )
 
 

@@ -49,3 +49,24 @@ def load_from_bucket(zip_filename: str, bucket: str, train_dir: str | os.PathLik
     name = zip_filename if zip_filename.startswith("gs://") else location.child(zip_filename).url
     result = runs.load_run(name, train_dir)
     return str(result.checkpoint or result.target)
+
+
+def gcsfuse(
+    bucket: str | None = None,
+    gcs_class: str = "regional",
+    gcs_location: str = "asia-east1",
+    project_id: str | None = None,
+) -> str:
+    """Mount `bucket` at /tmp/gcs-bucket/BUCKET (creating the bucket when missing); return the path.
+
+    As in colab_utils: no bucket → a new one named gcsfuse-TIMESTAMP; `gcs_class` and `gcs_location`
+    apply only to a bucket created here. gcsfuse is used when installed, else rclone.
+    """
+    import time
+
+    from colab_magics import mount
+
+    if project_id and session.current().auth is None:
+        session.current().set_auth(auth.authenticate(project_id))
+    name = bucket or f"gcsfuse-{int(time.time())}"
+    return mount.mount(name, create=True, location=gcs_location, storage_class=gcs_class).mount_point
