@@ -1,0 +1,250 @@
+"""Start, reuse and stop TensorBoard servers bound to 127.0.0.1.
+
+TensorBoard's own `%tensorboard` reuses an instance from its info files without checking that it is
+alive; here we keep our own record of the servers we started and reuse one only after it answers.
+Results are typed records (`Launched`, `Reused`); display decides the words.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from colab_magics import processes, session
+from colab_magics.errors import LogDirError, MissingDependency, TensorBoardError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 90.0  # TensorBoard imports TensorFlow when it is installed: 5–12 s is common
+_BIND_FAILURE = "could not bind to port"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A TensorBoard server we started: where its data comes from and where it answers."""
+
+    logdir: Path
+    port: int
+    extra_args: tuple[str, ...] = ()
+    tracked: processes.Tracked | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def pid(self) -> int | None:
+        return self.tracked.pid if self.tracked else None
+
+    def alive(self) -> bool:
+        return self.tracked is not None and self.tracked.alive()
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A new TensorBoard was started and answered after `seconds`."""
+
+    instance: Instance
+    seconds: float
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Reused:
+    """A TensorBoard we started earlier for the same logdir still answers."""
+
+    instance: Instance
+
+
+class _Registry:
+    """The TensorBoards this interpreter started, by (logdir, extra args); ended at shutdown."""
+
+    def __init__(self) -> None:
+        self._instances: dict[tuple[Path, tuple[str, ...]], Instance] = {}
+        self._lock = threading.Lock()
+        self._hooked = False
+
+    def add(self, instance: Instance) -> None:
+        with self._lock:
+            self._instances[(instance.logdir, instance.extra_args)] = instance
+            if not self._hooked:
+                session.current().on_shutdown(self.shutdown)
+                self._hooked = True
+
+    def get(self, logdir: Path, extra_args: tuple[str, ...]) -> Instance | None:
+        with self._lock:
+            return self._instances.get((logdir, extra_args))
+
+    def remove(self, instance: Instance) -> None:
+        with self._lock:
+            key = (instance.logdir, instance.extra_args)
+            if self._instances.get(key) is instance:
+                del self._instances[key]
+
+    def all(self) -> list[Instance]:
+        with self._lock:
+            return list(self._instances.values())
+
+    def shutdown(self) -> None:
+        for instance in self.all():
+            _stop_instance(instance)
+        self._hooked = False
+
+
+_registry = _Registry()
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """True when `url` answers HTTP 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def resolve_logdir(logdir: str | Path) -> Path:
+    """The absolute logdir, created if missing; a parent that cannot be created is a LogDirError."""
+    path = Path(logdir).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise LogDirError(f"logdir {path} is a file, not a directory: pass the directory your runs write to")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LogDirError(
+            f"cannot create logdir {path} ({exc.strerror}): pick a directory under a writable place "
+            f"such as /content or your home"
+        ) from exc
+    return path
+
+
+def find(logdir: str | Path, extra_args: Sequence[str] = ()) -> Instance | None:
+    """The running TensorBoard we started for `logdir` if it still answers; a dead one is forgotten."""
+    path = Path(logdir).expanduser().absolute()
+    instance = _registry.get(path, tuple(extra_args))
+    if instance is None:
+        return None
+    if instance.alive() and answers(instance.url):
+        return instance
+    log.info("TensorBoard for %s (port %d) no longer answers: starting a new one", path, instance.port)
+    _stop_instance(instance)
+    return None
+
+
+def running() -> list[Instance]:
+    """The TensorBoards we started that are still alive."""
+    return [i for i in _registry.all() if i.alive()]
+
+
+def start(
+    logdir: str | Path,
+    *,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = START_TIMEOUT,
+) -> Launched | Reused:
+    """Reuse the live TensorBoard for `logdir`, or start one on 127.0.0.1 and wait until it answers.
+
+    `port` is a wish: when it is busy another free port is used (and said so in `note`).
+    """
+    _require_tensorboard()
+    path = resolve_logdir(logdir)
+    extra = tuple(extra_args)
+    existing = find(path, extra)
+    if existing is not None:
+        return Reused(existing)
+    note = None
+    if port is not None and not port_is_free(port):
+        note = f"port {port} is busy: TensorBoard uses another one"
+        port = None
+    began = time.monotonic()
+    # Picking a free port and binding it are two steps; if someone takes it between them,
+    # TensorBoard says so and we pick again (a bounded number of times).
+    for attempt in range(3):
+        chosen = port if (port is not None and attempt == 0) else free_port()
+        tracked = _launch(path, chosen, extra)
+        if processes.wait_until(lambda: answers(f"http://127.0.0.1:{chosen}/", 1.0),
+                                timeout=timeout, tracked=tracked):
+            instance = Instance(logdir=path, port=chosen, extra_args=extra, tracked=tracked)
+            _registry.add(instance)
+            return Launched(instance, time.monotonic() - began, note)
+        died = not tracked.alive()
+        tail = tracked.output_tail()
+        _discard(tracked)
+        if died and _BIND_FAILURE in tail.lower() and attempt < 2:
+            continue
+        if died:
+            raise TensorBoardError(
+                f"TensorBoard exited with code {tracked.popen.returncode} before answering: "
+                f"{_last_lines(tail)}"
+            )
+        raise TensorBoardError(
+            f"TensorBoard did not answer on port {chosen} within {timeout:.0f} s: {_last_lines(tail)}"
+        )
+    raise AssertionError("unreachable")
+
+
+def stop(logdir: str | Path | None = None) -> list[Instance]:
+    """End the TensorBoard(s) we started for `logdir` (every one when None); return those ended."""
+    path = Path(logdir).expanduser().absolute() if logdir is not None else None
+    ended = [i for i in _registry.all() if path is None or i.logdir == path]
+    for instance in ended:
+        _stop_instance(instance)
+    return ended
+
+
+def _stop_instance(instance: Instance) -> None:
+    if instance.tracked is not None:
+        _discard(instance.tracked)
+    _registry.remove(instance)
+
+
+def _discard(tracked: processes.Tracked) -> None:
+    processes.registry.stop(tracked)
+    if tracked.log_path is not None:
+        tracked.log_path.unlink(missing_ok=True)
+
+
+def _launch(logdir: Path, port: int, extra: tuple[str, ...]) -> processes.Tracked:
+    argv = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+            "--host", "127.0.0.1", "--port", str(port), *extra]
+    # Output goes to a file so the whole of it is there when TensorBoard dies (to explain why).
+    log_path = Path(tempfile.gettempdir()) / "colab_magics" / f"tensorboard-{port}-{time.time_ns()}.log"
+    return processes.registry.start(argv, name=f"tensorboard:{port}", log_path=log_path)
+
+
+def _require_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401  (the package itself is light; its server is a subprocess)
+    except ImportError as exc:
+        raise MissingDependency("tensorboard", "tensorboard") from exc
+
+
+def _last_lines(text: str, lines: int = 5) -> str:
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) if kept else "(no output)"

@@ -1,0 +1,231 @@
+"""One interface over the ways to reach a local port from outside the VM.
+
+`open_tunnel(provider, port, ...)` returns a `Tunnel` record; each provider is a small module
+(`ngrok`, `cloudflared`, `ssh`, `colab`, `local`) with `open(port, options) -> Tunnel` and
+`close(tunnel)`. Provider modules import their third-party packages lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from colab_magics import hosted, processes, session
+from colab_magics.errors import TunnelError, UnknownProvider
+
+PROVIDERS = ("ngrok", "cloudflared", "ssh", "colab", "local")
+PUBLIC_PROVIDERS = ("ngrok", "cloudflared", "ssh")
+AUTH_PROVIDERS = ("ngrok",)  # providers that can make the tunnel itself ask for a password
+DEFAULT_USER = "tensorboard"
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """An open way to reach 127.0.0.1:`port`: its URL, who provides it, the credentials it asks for."""
+
+    url: str
+    provider: str
+    port: int
+    auth_user: str | None = None
+    auth_password: str | None = field(default=None, repr=False)
+    process: processes.Tracked | None = field(default=None, compare=False, repr=False)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def protected(self) -> bool:
+        return self.auth_password is not None
+
+    def alive(self) -> bool:
+        return self.process is None or self.process.alive()
+
+
+@dataclass(frozen=True)
+class TunnelOptions:
+    """What a provider needs beyond the port (a config object instead of long argument lists)."""
+
+    auth: tuple[str, str] | None = None  # (user, password) given by the user; None = generate one
+    no_auth: bool = False  # the user accepts a tunnel without a password
+    ssh_target: str | None = None  # user@host[:port]
+    ssh_key: str | None = None
+    ssh_known_hosts: str | None = None
+    remote_port: int = 0
+    url: str | None = None
+    bin_dir: Path | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Reopened:
+    """`open_tunnel` found the same tunnel already open and alive (credentials are not repeated)."""
+
+    tunnel: Tunnel
+
+
+class _Registry:
+    """The tunnels this interpreter opened; closed at shutdown."""
+
+    def __init__(self) -> None:
+        self._tunnels: list[Tunnel] = []
+        self._lock = threading.Lock()
+        self._hooked = False
+
+    def add(self, tunnel: Tunnel) -> None:
+        with self._lock:
+            self._tunnels.append(tunnel)
+            if not self._hooked:
+                session.current().on_shutdown(self.shutdown)
+                self._hooked = True
+
+    def remove(self, tunnel: Tunnel) -> None:
+        with self._lock:
+            self._tunnels = [t for t in self._tunnels if t is not tunnel]
+
+    def all(self) -> list[Tunnel]:
+        with self._lock:
+            return list(self._tunnels)
+
+    def shutdown(self) -> None:
+        for tunnel in self.all():
+            close_tunnel(tunnel)
+        self._hooked = False
+
+
+_registry = _Registry()
+
+
+def provider_module(name: str):
+    """The module implementing provider `name`."""
+    if name not in PROVIDERS:
+        raise UnknownProvider(f"unknown tunnel provider {name!r}: use one of {', '.join(PROVIDERS)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def ngrok_token() -> str | None:
+    """The ngrok authtoken from NGROK_AUTHTOKEN or the notebook's secret of that name."""
+    return os.environ.get("NGROK_AUTHTOKEN") or hosted.secret("NGROK_AUTHTOKEN")
+
+
+def choose_provider(requested: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """The provider to use and notes for the user.
+
+    Inside Colab: its private proxy (a public one only when asked for; Colab's terms frown on public
+    proxies). Elsewhere: ngrok when a token is available, else local with a hint.
+    """
+    if requested:
+        provider_module(requested)  # validates the name
+        notes: tuple[str, ...] = ()
+        if hosted.in_colab() and requested in PUBLIC_PROVIDERS:
+            notes = ("Public tunnel from Colab: Colab's terms discourage public proxies; "
+                     "--provider colab stays private to your Google account.",)
+        return requested, notes
+    if hosted.in_colab():
+        return "colab", ()
+    if ngrok_token():
+        return "ngrok", ()
+    return "local", ("Reachable from this machine only: for a link that works elsewhere use "
+                     "--provider ngrok (set NGROK_AUTHTOKEN), cloudflared or ssh.",)
+
+
+def parse_auth(auth: str) -> tuple[str, str]:
+    """USER:PASSWORD as given to --auth."""
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise TunnelError("--auth takes USER:PASSWORD (both non-empty)")
+    return user, password
+
+
+def check_auth(provider: str, options: TunnelOptions) -> None:
+    """Refuse, rather than ignore, a password asked of a provider that cannot ask for one."""
+    if options.auth and options.no_auth:
+        raise TunnelError("--auth and --no-auth contradict each other: pass one of them")
+    if options.auth and provider not in AUTH_PROVIDERS:
+        raise TunnelError(
+            f"the {provider} provider cannot ask for a password: use --provider ngrok for "
+            f"basic auth, or drop --auth"
+        )
+
+
+def credentials(options: TunnelOptions) -> tuple[str, str] | None:
+    """The (user, password) a new tunnel asks for: --auth, none with --no-auth, else generated."""
+    if options.no_auth:
+        return None
+    return options.auth or (DEFAULT_USER, secrets.token_urlsafe(12))
+
+
+def validate(provider: str, options: TunnelOptions) -> None:
+    """Fail before anything starts when the provider cannot work with these options (no token, …)."""
+    check_auth(provider, options)
+    check = getattr(provider_module(provider), "validate", None)
+    if check is not None:
+        check(options)
+
+
+def find_open(provider: str, port: int) -> Tunnel | None:
+    """An open, live tunnel of `provider` to `port`; dead ones are closed and forgotten."""
+    for tunnel in _registry.all():
+        if tunnel.provider == provider and tunnel.port == port:
+            if tunnel.alive():
+                return tunnel
+            close_tunnel(tunnel)
+    return None
+
+
+def open_tunnel(provider: str, port: int, options: TunnelOptions | None = None,
+                *, reuse: bool = True) -> Tunnel | Reopened:
+    """Open a tunnel of `provider` to 127.0.0.1:`port` (or return the live one already open)."""
+    module = provider_module(provider)
+    options = options or TunnelOptions()
+    validate(provider, options)
+    if reuse:
+        existing = find_open(provider, port)
+        if existing is not None and _same_auth(existing, options):
+            return Reopened(existing)
+        if existing is not None:
+            close_tunnel(existing)
+    tunnel = module.open(port, options)
+    _registry.add(tunnel)
+    return tunnel
+
+
+def describe(opened: Tunnel | Reopened) -> list[str]:
+    """The lines shown under a tunnel's link: credentials only when it was just opened."""
+    tunnel = opened.tunnel if isinstance(opened, Reopened) else opened
+    lines = []
+    if tunnel.protected and isinstance(opened, Reopened):
+        lines.append(f"Asks for user {tunnel.auth_user!r} and the password shown when it was opened "
+                     f"(--stop, then run again, for a new one).")
+    elif tunnel.protected:
+        lines.append(f"User: {tunnel.auth_user}   Password: {tunnel.auth_password}   "
+                     f"(shown once: note it now)")
+    return lines + list(tunnel.notes)
+
+
+def close_tunnel(tunnel: Tunnel) -> None:
+    """Close one tunnel and end its process."""
+    provider_module(tunnel.provider).close(tunnel)
+    _registry.remove(tunnel)
+
+
+def open_tunnels(port: int | None = None) -> list[Tunnel]:
+    """The live tunnels we opened (to `port` only, when given)."""
+    return [t for t in _registry.all() if t.alive() and (port is None or t.port == port)]
+
+
+def close_tunnels(port: int | None = None) -> list[Tunnel]:
+    """Close every tunnel we opened (to `port` only, when given); return those closed."""
+    closing = [t for t in _registry.all() if port is None or t.port == port]
+    for tunnel in closing:
+        close_tunnel(tunnel)
+    return closing
+
+
+def _same_auth(tunnel: Tunnel, options: TunnelOptions) -> bool:
+    if options.no_auth:
+        return not tunnel.protected
+    if options.auth is not None:
+        return (tunnel.auth_user, tunnel.auth_password) == options.auth
+    return tunnel.protected or tunnel.provider not in AUTH_PROVIDERS

@@ -1,0 +1,102 @@
+"""A reverse SSH tunnel (`ssh -N -R`) to a host the user names: their own server or an SSH tunnel service.
+
+Key-based only (BatchMode: ssh never waits for a password prompt nobody can answer). Ready when ssh
+reports the remote forward; the URL is `--url`, else one the server prints (services such as
+localhost.run do), else http://HOST:REMOTE_PORT/.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from pathlib import Path
+
+from colab_magics import processes
+from colab_magics.errors import TunnelError
+from colab_magics.tunnels import Tunnel, TunnelOptions
+
+TARGET = re.compile(r"^(?P<user>[^@\s]+)@(?P<host>[^:\s]+)(?::(?P<port>\d+))?$")
+FORWARDED = re.compile(r"remote forward success|Allocated port (?P<port>\d+) for remote forward")
+SERVER_URL = re.compile(r"https?://[^\s'\"<>]+")
+URL_GRACE = 2.0  # after the forward is up, how long to wait for a URL printed by the server
+
+
+def parse_target(target: str) -> tuple[str, str, int]:
+    """user@host[:port] → (user, host, port)."""
+    match = TARGET.match(target or "")
+    if not match:
+        raise TunnelError(f"--ssh takes user@host[:port], not {target!r}")
+    return match["user"], match["host"], int(match["port"] or 22)
+
+
+def validate(options: TunnelOptions) -> None:
+    """--ssh is required and well formed; the key file exists."""
+    if not options.ssh_target:
+        raise TunnelError("the ssh provider needs --ssh user@host[:port]")
+    parse_target(options.ssh_target)
+    if options.ssh_key and not Path(options.ssh_key).expanduser().is_file():
+        raise TunnelError(f"--ssh-key {options.ssh_key}: no such file")
+
+
+def build_argv(port: int, options: TunnelOptions) -> list[str]:
+    """The ssh command line (no secret in it: the key is a path, the passphrase-less key stays on disk)."""
+    user, host, ssh_port = parse_target(options.ssh_target or "")
+    binary = shutil.which("ssh")
+    if binary is None:
+        raise TunnelError("ssh is not installed: apt-get install openssh-client")
+    argv = [binary, "-v", "-N", "-R", f"{options.remote_port}:127.0.0.1:{port}", "-p", str(ssh_port),
+            "-o", "ExitOnForwardFailure=yes", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", "BatchMode=yes", "-o", "ServerAliveInterval=30", "-o", "ConnectTimeout=15"]
+    if options.ssh_key:
+        argv += ["-i", str(Path(options.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    if options.ssh_known_hosts:
+        argv += ["-o", f"UserKnownHostsFile={options.ssh_known_hosts}"]
+    argv.append(f"{user}@{host}")
+    return argv
+
+
+def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
+    """Start ssh, wait (bounded) for the remote forward, then for a URL if none was given."""
+    argv = build_argv(port, options)
+    _, host, _ = parse_target(options.ssh_target or "")
+    forwarded = threading.Event()
+    state: dict[str, object] = {}
+
+    def on_line(line: str) -> None:
+        match = FORWARDED.search(line)
+        if match:
+            if match["port"]:
+                state["remote_port"] = int(match["port"])
+            forwarded.set()
+        elif not line.startswith(("debug", "OpenSSH", "Authenticated", "Transferred")):
+            url = SERVER_URL.search(line)
+            if url and "url" not in state:
+                state["url"] = url.group(0)
+
+    tracked = processes.registry.start(argv, name=f"ssh:{port}", on_line=on_line)
+    if not processes.wait_until(forwarded.is_set, timeout=options.timeout, tracked=tracked):
+        died = not tracked.alive()
+        tail = tracked.output_tail(40)
+        processes.registry.stop(tracked)
+        what = f"exited with code {tracked.popen.returncode}" if died else \
+            f"did not set up the forward within {options.timeout:.0f} s"
+        raise TunnelError(f"ssh to {options.ssh_target} {what}: {_reason(tail)}")
+    if options.url is None:
+        processes.wait_until(lambda: "url" in state, timeout=URL_GRACE, tracked=tracked)
+    remote_port = state.get("remote_port", options.remote_port)
+    url = options.url or state.get("url") or f"http://{host}:{remote_port}/"
+    notes = ("Protection is the server's: this URL asks for no password unless the server adds one.",)
+    return Tunnel(url=str(url), provider="ssh", port=port, process=tracked, notes=notes)
+
+
+def close(tunnel: Tunnel) -> None:
+    if tunnel.process is not None:
+        processes.registry.stop(tunnel.process)
+
+
+def _reason(tail: str) -> str:
+    interesting = [line for line in tail.splitlines()
+                   if line.strip() and not line.startswith("debug")]
+    return interesting[-1] if interesting else "(no output)"
+

@@ -1,0 +1,451 @@
+"""Tunnels to a real TensorBoard: OpenSSH end to end; ngrok and cloudflared through stand-in agents.
+
+No ngrok or Cloudflare cloud is reachable from the test machine, so `tests/standins/ngrok` (driven by
+the real pyngrok) and `tests/standins/cloudflared` play the agents: they print what the real ones
+print, serve the agent API pyngrok calls, really forward HTTP and (ngrok) enforce basic auth.
+The ssh provider goes through a real sshd on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+from IPython.core.error import UsageError
+
+from colab_magics import tensorboard, tunnels
+from colab_magics.errors import NoTunnelToken, TunnelError, TunnelInstallError
+from colab_magics.tunnels import TunnelOptions
+from colab_magics.tunnels import ngrok as ngrok_provider
+from tests.conftest import SESSION_PIDS, free_port, poll
+from tests.test_tensorboard import write_events
+
+STANDINS = Path(__file__).parent / "standins"
+TOKEN = "2abcStandInAuthtoken_do_not_leak_9xyz"
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def is_tensorboard_page(body: bytes) -> bool:
+    return b"<!doctype html>" in body.lower() and b"tensorboard" in body.lower()
+
+
+def all_cmdlines() -> str:
+    """Every process's command line, as `ps` would show it."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return "\n".join(lines)
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def tb_port(tmp_path_factory):
+    """One real TensorBoard for the tunnel tests, started outside colab_magics (the tunnels' target)."""
+    root = tmp_path_factory.mktemp("tb")
+    write_events(root / "runs" / "run1")
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(root))
+    with (root / "tensorboard.log").open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(root / "runs"),
+                                 "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    SESSION_PIDS.add(proc.pid)
+    poll(lambda: tensorboard.answers(f"http://127.0.0.1:{port}/", 1), 90, message="TensorBoard")
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def ngrok_env(monkeypatch):
+    """An authtoken in the environment; the stand-in agent refuses any other token."""
+    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
+    monkeypatch.setenv("STANDIN_NGROK_EXPECT_TOKEN", TOKEN)
+    yield
+    tunnels.close_tunnels()
+
+
+@pytest.fixture()
+def offline(monkeypatch):
+    """Downloads fail at once: every HTTP(S) request goes to a proxy port where nothing listens."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, dead)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+# --- ngrok (real pyngrok, stand-in agent) ----------------------------------------------------------
+def test_ngrok_tunnel_asks_for_the_generated_password(ngrok_env, tb_port, caplog):
+    caplog.set_level("DEBUG")
+    tunnel = tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=20))
+
+    assert tunnel.protected and len(tunnel.auth_password) >= 16
+    assert get(tunnel.url)[0] == 401
+    assert get(tunnel.url, ("tensorboard", "wrong-password"))[0] == 401
+    status, body = get(tunnel.url, (tunnel.auth_user, tunnel.auth_password))
+    assert status == 200 and is_tensorboard_page(body)
+    # pyngrok logs the tunnel options at DEBUG: the password is blanked out of its records.
+    assert "basic_auth" in caplog.text and tunnel.auth_password not in caplog.text
+    assert TOKEN not in caplog.text
+    # The agent runs in its own session, so the notebook's Stop button (SIGINT) does not reach it.
+    assert os.getsid(tunnel.process.pid) == tunnel.process.pid
+
+
+def test_ngrok_authtoken_never_on_a_command_line(ngrok_env, tb_port):
+    tunnel = tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=20))
+
+    assert TOKEN not in all_cmdlines()
+    assert TOKEN not in " ".join(tunnel.process.argv)
+    config = Path(tunnel.process.argv[tunnel.process.argv.index("--config") + 1])
+    assert oct(config.stat().st_mode & 0o777) == oct(0o600)
+    assert oct(config.parent.stat().st_mode & 0o777) == oct(0o700)
+
+    tunnels.close_tunnel(tunnel)
+
+    assert not config.parent.exists()
+    assert not pid_running(tunnel.process.pid)
+
+
+def test_ngrok_without_auth_when_asked(ngrok_env, tb_port):
+    tunnel = tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS, no_auth=True))
+
+    status, body = get(tunnel.url)
+    assert status == 200 and is_tensorboard_page(body)
+    assert any("anyone with this URL" in note for note in tunnel.notes)
+
+
+def test_ngrok_reopening_returns_the_same_tunnel(ngrok_env, tb_port):
+    first = tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS))
+
+    again = tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS))
+
+    assert isinstance(again, tunnels.Reopened) and again.tunnel is first
+    assert first.auth_password not in " ".join(tunnels.describe(again))
+
+
+def test_ngrok_silent_agent_is_given_up_on(ngrok_env, tb_port, monkeypatch):
+    # The stand-in prints nothing and hangs: pyngrok alone would wait forever.
+    monkeypatch.setenv("STANDIN_NGROK_SILENT", "1")
+    began = time.monotonic()
+
+    with pytest.raises(TunnelError, match="did not start a tunnel within 2 s"):
+        tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=2))
+
+    assert time.monotonic() - began < 10
+
+
+def test_ngrok_rejected_token_is_reported_without_the_token(ngrok_env, tb_port, monkeypatch):
+    monkeypatch.setenv("STANDIN_NGROK_EXPECT_TOKEN", "some-other-token")
+
+    with pytest.raises(TunnelError, match="ERR_NGROK_4018") as caught:
+        tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=10))
+
+    assert TOKEN not in str(caught.value)
+
+
+def test_ngrok_without_token_says_where_to_put_one(monkeypatch, tb_port):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+
+    with pytest.raises(NoTunnelToken, match="set NGROK_AUTHTOKEN"):
+        tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS))
+
+
+def test_ngrok_short_password_is_refused(ngrok_env, tb_port):
+    with pytest.raises(TunnelError, match="8 to 128 characters"):
+        tunnels.open_tunnel("ngrok", tb_port, TunnelOptions(bin_dir=STANDINS, auth=("me", "short")))
+
+
+def test_install_ngrok_offline_fails_fast(tmp_path, offline):
+    began = time.monotonic()
+
+    with pytest.raises(TunnelInstallError, match="could not be downloaded"):
+        ngrok_provider.install_ngrok(tmp_path / "bin")
+
+    assert time.monotonic() - began < 15
+    assert not (tmp_path / "bin" / "ngrok").exists()
+
+
+def test_install_ngrok_keeps_an_installed_agent(tmp_path):
+    (tmp_path / "ngrok").write_text("#!/bin/sh\n")
+
+    assert ngrok_provider.install_ngrok(tmp_path) == tmp_path / "ngrok"
+
+
+# --- cloudflared (stand-in agent) -----------------------------------------------------------------
+def test_cloudflared_reads_the_quick_tunnel_url_and_forwards(tb_port):
+    tunnel = tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=20))
+    try:
+        assert re.fullmatch(r"https://[a-z-]+\.trycloudflare\.com", tunnel.url)
+        assert any("cannot ask for a password" in note for note in tunnel.notes)
+        # The trycloudflare.com name cannot resolve here: the stand-in says where its edge listens.
+        edge = re.search(r"standin edge: (\S+)", tunnel.process.output_tail()).group(1)
+        status, body = get(edge + "/")
+        assert status == 200 and is_tensorboard_page(body)
+    finally:
+        tunnels.close_tunnel(tunnel)
+    assert not pid_running(tunnel.process.pid)
+
+
+def test_cloudflared_refuses_a_password_it_cannot_enforce(tb_port):
+    with pytest.raises(TunnelError, match="cannot ask for a password"):
+        tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, auth=("me", "x" * 12)))
+
+
+def test_cloudflared_missing_and_offline(tmp_path, tb_port, offline, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no cloudflared anywhere
+
+    with pytest.raises(TunnelInstallError, match="cloudflared is not installed"):
+        tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=tmp_path / "bin"))
+
+
+# --- ssh (real OpenSSH server on loopback) --------------------------------------------------------
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A throwaway sshd on 127.0.0.1 that accepts one test key."""
+    if not Path(SSHD).exists() or not shutil.which("ssh-keygen"):
+        pytest.skip("openssh-server / openssh-client not installed")
+    root = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+    (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
+    Path("/run/sshd").mkdir(exist_ok=True)
+    port = free_port()
+    (root / "sshd_config").write_text(f"""
+ListenAddress 127.0.0.1
+HostKey {root / 'host_key'}
+AuthorizedKeysFile {root / 'authorized_keys'}
+PidFile {root / 'sshd.pid'}
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowTcpForwarding yes
+""")
+    with (root / "sshd.log").open("wb") as out:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config"), "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    SESSION_PIDS.add(proc.pid)
+
+    def banner() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                return sock.recv(7) == b"SSH-2.0"
+        except OSError:
+            return False
+
+    poll(banner, 20, message="sshd")
+    yield {"target": f"{getpass.getuser()}@127.0.0.1:{port}", "key": root / "user_key",
+           "known_hosts": root / "known_hosts"}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.ssh
+def test_ssh_forward_serves_tensorboard_through_the_server(sshd, tb_port):
+    options = TunnelOptions(ssh_target=sshd["target"], ssh_key=str(sshd["key"]),
+                            ssh_known_hosts=str(sshd["known_hosts"]), timeout=20)
+    tunnel = tunnels.open_tunnel("ssh", tb_port, options)
+    try:
+        # The server picked the remote port; nobody printed a URL, so it is http://HOST:PORT/.
+        remote = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)/", tunnel.url).group(1))
+        assert remote != tb_port
+        status, body = get(tunnel.url)
+        assert status == 200 and is_tensorboard_page(body)
+    finally:
+        tunnels.close_tunnel(tunnel)
+    assert not pid_running(tunnel.process.pid)
+    poll(lambda: get_refused(tunnel.url), 10, message="forwarded port closed")
+
+
+def get_refused(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except urllib.error.HTTPError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.ssh
+def test_ssh_with_a_given_remote_port_and_url(sshd, tb_port):
+    remote = free_port()
+    options = TunnelOptions(ssh_target=sshd["target"], ssh_key=str(sshd["key"]),
+                            ssh_known_hosts=str(sshd["known_hosts"]), remote_port=remote,
+                            url=f"http://127.0.0.1:{remote}/", timeout=20)
+    tunnel = tunnels.open_tunnel("ssh", tb_port, options)
+
+    assert tunnel.url == f"http://127.0.0.1:{remote}/"
+    assert get(tunnel.url)[0] == 200
+    tunnels.close_tunnel(tunnel)
+
+
+@pytest.mark.ssh
+def test_ssh_refused_key_is_reported(sshd, tb_port, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    options = TunnelOptions(ssh_target=sshd["target"], ssh_key=str(tmp_path / "other"),
+                            ssh_known_hosts=str(sshd["known_hosts"]), timeout=20)
+
+    with pytest.raises(TunnelError, match="exited with code 255"):
+        tunnels.open_tunnel("ssh", tb_port, options)
+
+
+@pytest.mark.parametrize("target", [None, "no-at-sign", "user@host:notaport"])
+def test_ssh_target_must_be_user_at_host(target, tb_port):
+    with pytest.raises(TunnelError, match="--ssh"):
+        tunnels.open_tunnel("ssh", tb_port, TunnelOptions(ssh_target=target))
+
+
+# --- choosing a provider ----------------------------------------------------------------------------
+@pytest.fixture()
+def colab_standin(monkeypatch):
+    """A stand-in for google.colab (labelled): only what hosted.py calls, returning a fixed proxy URL."""
+    colab = types.ModuleType("google.colab")
+    output = types.ModuleType("google.colab.output")
+    output.eval_js = lambda js: "https://standin-proxy.colab.example/" + re.search(r"\d+", js).group(0)
+    colab.output = output
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.output", output)
+    return colab
+
+
+def test_default_is_local_with_a_hint_without_token(monkeypatch):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+
+    provider, notes = tunnels.choose_provider()
+
+    assert provider == "local" and "NGROK_AUTHTOKEN" in notes[0]
+
+
+def test_default_is_ngrok_with_a_token(monkeypatch):
+    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
+
+    assert tunnels.choose_provider() == ("ngrok", ())
+
+
+def test_default_in_colab_is_its_private_proxy(colab_standin, monkeypatch, tb_port):
+    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
+
+    provider, _ = tunnels.choose_provider()
+    tunnel = tunnels.open_tunnel(provider, tb_port)
+
+    assert provider == "colab"
+    assert tunnel.url == f"https://standin-proxy.colab.example/{tb_port}"
+    _, notes = tunnels.choose_provider("ngrok")
+    assert "Colab's terms" in notes[0]
+    tunnels.close_tunnel(tunnel)
+
+
+def test_colab_provider_outside_colab(monkeypatch, tb_port):
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+
+    with pytest.raises(TunnelError, match="only inside Google Colab"):
+        tunnels.open_tunnel("colab", tb_port)
+
+
+# --- the seed API --------------------------------------------------------------------------------
+def test_seed_launch_tensorboard_returns_the_public_url(ngrok_env, tmp_path, capsys):
+    from colab_magics import tboard
+
+    log_dir = tmp_path / "logs"  # does not exist yet
+    url = tboard.launch_tensorboard(STANDINS, log_dir)
+
+    assert log_dir.is_dir()
+    password = re.search(r"Password: (\S+)", capsys.readouterr().out).group(1)
+    status, body = get(url, ("tensorboard", password))
+    assert status == 200 and is_tensorboard_page(body)
+    assert tboard.install_ngrok(STANDINS) == str(STANDINS / "ngrok")
+    stopped = tboard.stop()
+    assert len(stopped.instances) == 1 and len(stopped.tunnels) == 1
+
+
+# --- the magic, end to end --------------------------------------------------------------------------
+def test_magic_ngrok_link_credentials_once_and_stop(ip, ngrok_env, tmp_path, capsys):
+    ip.run_line_magic("config", f"ColabMagics.ngrok_bin_dir = {str(STANDINS)!r}")
+    logdir = tmp_path / "runs"
+    write_events(logdir / "run1")
+
+    url = ip.run_line_magic("tensorboard_tunnel", f"{logdir} --provider ngrok")
+    shown = capsys.readouterr().out
+    password = re.search(r"Password: (\S+)", shown).group(1)
+
+    assert url in shown and TOKEN not in shown
+    assert get(url)[0] == 401
+    status, body = get(url, ("tensorboard", password))
+    assert status == 200 and is_tensorboard_page(body)
+    assert TOKEN not in all_cmdlines()
+
+    began = time.monotonic()
+    again = ip.run_line_magic("tensorboard_tunnel", f"{logdir} --provider ngrok")
+    assert again == url and time.monotonic() - began < 0.5
+    assert password not in capsys.readouterr().out  # credentials are shown once
+
+    listing = ip.run_line_magic("tensorboard_tunnel", "--list")
+    assert {row[0] for row in listing} == {"tensorboard", "tunnel (ngrok)"}
+    pids = [int(row[3]) for row in listing]
+
+    ip.run_line_magic("tensorboard_tunnel", f"{logdir} --stop")
+
+    assert not any(pid_running(pid) for pid in pids)
+    assert ip.run_line_magic("tensorboard_tunnel", "--list") == []
+
+
+def test_magic_ngrok_with_the_users_credentials(ip, ngrok_env, tmp_path, capsys):
+    ip.run_line_magic("config", f"ColabMagics.ngrok_bin_dir = {str(STANDINS)!r}")
+
+    url = ip.run_line_magic("tensorboard_tunnel", f"{tmp_path / 'runs'} --provider ngrok --auth ana:correct-horse")
+
+    assert get(url, ("ana", "wrong-horse-9"))[0] == 401
+    assert get(url, ("ana", "correct-horse"))[0] == 200
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{logdir} --provider ngrok", "ngrok needs an authtoken"),
+    ("{logdir} --provider cloudflared --auth me:longenough", "cannot ask for a password"),
+    ("{logdir} --provider ngrok --auth me:longenough --no-auth", "contradict"),
+    ("{logdir} --provider ssh", "needs --ssh user@host"),
+])
+def test_magic_bad_tunnel_input_is_one_line_and_starts_nothing(ip, monkeypatch, tmp_path, line, message):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+
+    with pytest.raises(UsageError, match=message) as caught:
+        ip.run_line_magic("tensorboard_tunnel", line.format(logdir=tmp_path / "runs"))
+
+    assert "\n" not in str(caught.value)
+    assert tensorboard.running() == []
