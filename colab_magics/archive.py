@@ -79,6 +79,50 @@ def write_zip(
     return count
 
 
+def write_targz(
+    out: BinaryIO,
+    root: Path,
+    files: Iterable[Path],
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
+    """Write `files` (paths inside `root`) as a tar.gz into the stream `out`; return the member count.
+
+    Sequential (a tar written into a GzipFile, 4 MiB at a time), so `out` need not seek. The gzip
+    level follows `choose_compression` on the largest file: 1 when it compresses, 0 (stored blocks)
+    when it does not, so float weights are not pushed through DEFLATE for nothing.
+    """
+    import gzip
+
+    files = list(files)
+    largest = max(files, key=lambda p: p.stat().st_size, default=None)
+    compresses = largest is None or choose_compression(largest, largest.stat().st_size) == zipfile.ZIP_DEFLATED
+    level = 1 if compresses else 0
+    count = 0
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=level) as gz, \
+            tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_BLOCK) as tar:
+        for path in files:
+            info = tar.gettarinfo(path, arcname=path.relative_to(root).as_posix())
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(path, "rb") as src:
+                tar.addfile(info, _CountingReader(src, on_bytes) if on_bytes else src)
+            count += 1
+    return count
+
+
+class _CountingReader:
+    """A file wrapper reporting bytes read, for progress bars."""
+
+    def __init__(self, inner: BinaryIO, on_bytes: Callable[[int], None]):
+        self._inner, self._on_bytes = inner, on_bytes
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        self._on_bytes(len(data))
+        return data
+
+
 # --- checking names -----------------------------------------------------------------------------
 def safe_member_path(name: str) -> PurePosixPath:
     """The relative path a member may be extracted to, or UnsafeArchive."""

@@ -83,3 +83,77 @@ class UnsafeArchive(ColabMagicsError):
 
 class CorruptArchive(ColabMagicsError):
     """An archive is truncated, malformed or fails its checksums."""
+
+
+# --- tensorboard and tunnels --------------------------------------------------------------------
+class TensorBoardError(ColabMagicsError):
+    """TensorBoard could not be started or did not answer."""
+
+
+class LogDirError(TensorBoardError):
+    """The log directory cannot be created or used."""
+
+
+class TunnelError(ColabMagicsError):
+    """A tunnel could not be opened, or was asked for something it cannot do."""
+
+
+class UnknownProvider(TunnelError):
+    """The tunnel provider named is not one colab_magics knows."""
+
+
+class NoTunnelToken(TunnelError):
+    """The provider needs an account token and none was found."""
+
+
+class TunnelInstallError(TunnelError):
+    """The tunnel agent is missing and could not be installed (offline, blocked download)."""
+
+
+# --- mounts -------------------------------------------------------------------------------------
+class MountError(ColabMagicsError):
+    """A bucket could not be mounted or unmounted."""
+
+
+class FuseUnavailable(MountError):
+    """/dev/fuse is missing or this user may not open it."""
+
+
+class MountPointBusy(MountError):
+    """The mount point is already a mount, or is in use and cannot be unmounted."""
+
+
+class MountPointNotEmpty(MountError):
+    """The mount point holds files (mounting would hide them)."""
+
+
+class NotMounted(MountError):
+    """Asked to unmount a path that is not mounted."""
+
+
+class MountBackendMissing(MountError):
+    """Neither gcsfuse nor rclone is installed, and it could not be installed."""
+
+
+class MountBackendInstallFailed(MountBackendMissing):
+    """Installing gcsfuse or rclone failed (offline, not root, not Debian/Ubuntu)."""
+
+
+class MountBackendDied(MountError):
+    """The mount process exited; its last output lines are in the message."""
+
+    def __init__(self, message: str, *, argv: list[str] | None = None, returncode: int | None = None,
+                 tail: str = ""):
+        super().__init__(message)
+        self.argv = argv or []
+        self.returncode = returncode
+        self.tail = tail
+
+
+class MountTimeout(MountError):
+    """The mount did not become usable (or finish uploading at unmount) within its deadline."""
+
+
+# --- continuous archiving -----------------------------------------------------------------------
+class InvalidInterval(ColabMagicsError):
+    """An archiving interval such as `--every 10m` could not be read."""

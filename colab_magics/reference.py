@@ -1,0 +1,54 @@
+"""The README's magics reference, generated from the magics' own help so the two cannot drift.
+
+    python -m colab_magics.reference            # print it
+    python -m colab_magics.reference --write    # rewrite the block in README.md
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+START, END = "<!-- magics-reference:start -->", "<!-- magics-reference:end -->"
+
+
+def render() -> str:
+    """One section per magic: its usage, options and examples, as `%magic?` shows them."""
+    from colab_magics.magics import ColabMagics
+
+    parts = []
+    for kind, prefix in (("line", "%"), ("cell", "%%")):
+        for name in sorted(ColabMagics.magics[kind]):
+            method = getattr(ColabMagics, ColabMagics.magics[kind][name])
+            doc = (method.__doc__ or "").strip("\n")
+            parts.append(f"### `{prefix}{name}`\n\n```text\n{_dedent(doc)}\n```\n")
+    return "\n".join(parts)
+
+
+def _dedent(text: str) -> str:
+    import textwrap
+
+    lines = text.splitlines()
+    while lines and lines[0].strip() in ("", "::"):
+        lines = lines[1:]
+    head, rest = lines[:1], textwrap.dedent("\n".join(lines[1:]))
+    return "\n".join(head + rest.splitlines()).rstrip()
+
+
+def update(readme: Path) -> bool:
+    """Rewrite the reference block in `readme`; True if it changed."""
+    text = readme.read_text()
+    block = f"{START}\n{render()}\n{END}"
+    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv:
+        changed = update(Path(__file__).resolve().parent.parent / "README.md")
+        print("README.md updated" if changed else "README.md already up to date")
+    else:
+        print(render())
