@@ -149,13 +149,16 @@ def require_bucket(client, location: GcsPath, deadline: float = EXISTS_CHECK_DEA
 class ChunkPipe(io.RawIOBase):
     """Bytes written by one thread, read in whole chunks by `Blob.upload_from_file` in another.
 
-    The writer cuts its bytes into `chunk_size` pieces; at most `slots` pieces (the one being uploaded
-    and the one being filled) exist at once, so memory is bounded whatever the archive size. The
-    reader may seek back within the last chunk it read, which is what the library's resumable-upload
-    recovery needs.
+    The writer cuts its bytes into `chunk_size` pieces; at most `slots` pieces exist in the pipe at
+    once, so memory is bounded whatever the archive size. One slot by default: the library keeps the
+    chunk it sent last alive (its last response holds the request body) while it reads and sends the
+    next, so a second slot filled ahead would be a third chunk in memory (1.4x the RSS of a raw
+    upload, benchmarks/bench_storage.py) for a speed-up lost in the upload's own time. The reader may
+    seek back within the last chunk it read, which is what the library's resumable-upload recovery
+    needs.
     """
 
-    def __init__(self, chunk_size: int, slots: int = 2):
+    def __init__(self, chunk_size: int, slots: int = 1):
         self._chunk_size = chunk_size
         self._slots = threading.Semaphore(slots)
         self._ready: deque = deque()
@@ -239,25 +242,40 @@ class ChunkPipe(io.RawIOBase):
         return self._pos
 
     def read(self, size: int = -1) -> bytes:
-        end_of_current = self._current_start + len(self._current)
-        if self._pos < end_of_current:
+        """Up to `size` bytes; short only at the end of the stream (the library takes a short read as EOF).
+
+        Aligned reads of a whole chunk return the chunk itself (no copy); a read that starts inside a
+        chunk, after a recovery seek, is completed from the next one.
+        """
+        pieces = []
+        wanted = size
+        while wanted != 0:
+            end_of_current = self._current_start + len(self._current)
+            if self._pos >= end_of_current:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    break
+                self._current_start, self._current = self._pos, chunk
+                continue
             start = self._pos - self._current_start
-            piece = self._current[start : start + size] if size >= 0 else self._current[start:]
+            piece = self._current[start : start + wanted] if wanted >= 0 else self._current[start:]
             self._pos += len(piece)
-            return piece  # a whole-chunk slice is the chunk itself: no copy
-        chunk = self._next_chunk()
-        if chunk is None:
-            return b""
-        self._current_start, self._current = self._pos, chunk
-        return self.read(size)
+            pieces.append(piece)
+            if wanted >= 0:
+                wanted -= len(piece)
+            else:
+                break
+        if len(pieces) == 1:
+            return pieces[0]  # a whole-chunk slice is the chunk itself: no copy
+        return b"".join(pieces)
 
     def _next_chunk(self) -> bytes | None:
         with self._cond:
+            if self._current:  # the reader has moved past it: free its slot before waiting,
+                self._current = b""  # or a writer holding the only slot could never hand over
+                self._slots.release()
             while not self._ready and not self._closed_by_writer:
                 self._cond.wait()
-            if self._current:
-                self._current = b""
-                self._slots.release()  # the previous chunk is done with
             if self._ready:
                 return self._ready.popleft()
             if self._writer_error is not None:
