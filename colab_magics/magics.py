@@ -105,7 +105,6 @@ class ColabMagics(Magics):
         if info.project and info.method != "emulator":
             auth.set_gcloud_project(info.project)
         print(f"Google Cloud: {info.identity} ({info.method}), project {info.project or '(none)'}")
-        return info
 
     @line_magic
     @magic_arguments()

@@ -30,6 +30,7 @@ def execute(path: Path, out_dir: Path, timeout: int = 900) -> Path:
     os.environ["COLAB_MAGICS_EMULATOR_DIR"] = str(work / "emulator")
     os.environ.pop("STORAGE_EMULATOR_HOST", None)
     os.environ.setdefault("COLAB_MAGICS_PROGRESS", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(work)}})
     try:
         client.execute()

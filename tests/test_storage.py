@@ -523,9 +523,10 @@ def test_gcs_auth_emulator_starts_the_bundled_emulator_and_unload_ends_it(shell,
     shell.run_line_magic("load_ext", "colab_magics")
     try:
         run_cell(shell, f"%config ColabMagics.emulator_dir = {str(tmp_path / 'emu')!r}")
-        result = run_cell(shell, "info = %gcs_auth --emulator")
+        result = run_cell(shell, "%gcs_auth --emulator")
         assert result.success
-        info = shell.user_ns["info"]
+        from colab_magics import session
+        info = session.current().auth
         assert info.method == "emulator" and info.emulator_started
         assert "local emulator" in capsys.readouterr().out
         assert emulator.answers(os.environ["STORAGE_EMULATOR_HOST"])
