@@ -23,7 +23,28 @@ def render() -> str:
             method = getattr(ColabMagics, ColabMagics.magics[kind][name])
             doc = (method.__doc__ or "").strip("\n")
             parts.append(f"### `{prefix}{name}`\n\n```text\n{_dedent(doc)}\n```\n")
+    parts.append(render_settings())
     return "\n".join(parts)
+
+
+def render_settings() -> str:
+    """The `%config ColabMagics.*` settings: name, default (with no COLAB_MAGICS_* set), help."""
+    import os
+
+    from colab_magics.magics import ColabMagics
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("COLAB_MAGICS_")}
+    try:
+        magics = ColabMagics(shell=None)
+        rows = []
+        for name, trait in sorted(ColabMagics.class_traits(config=True).items()):
+            default = repr(getattr(magics, name)).replace(os.path.expanduser("~"), "~")
+            rows.append(f"| `{name}` | `{default}` | `COLAB_MAGICS_{name.upper()}` | {trait.help} |")
+    finally:
+        os.environ.update(saved)
+    head = ("### Settings\n\n`%config ColabMagics.NAME = VALUE`; precedence: flag > `%config` > "
+            "environment variable > default.\n\n| setting | default | environment | meaning |\n|---|---|---|---|")
+    return head + "\n" + "\n".join(rows) + "\n"
 
 
 def _dedent(text: str) -> str:
