@@ -23,7 +23,6 @@ benchmarks/results/archive.json.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import platform
@@ -32,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -128,43 +126,15 @@ def run_child(spec: dict, host: str, blas_threads: int) -> dict:
 
 # --- the parent: emulator, interleaved runs, table --------------------------------------------------
 def start_emulator(nice: int) -> tuple[str, int]:
-    import socket
-
+    """The library's own emulator start (tracked, ended at exit), niced so training keeps its CPU."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from colab_magics.emulator import binary_path
+    from colab_magics import emulator
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    host = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                             "-external-url", host, "-backend", "memory", "-log-level", "error"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
-
-    def stop():
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    atexit.register(stop)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{host}/storage/v1/b", timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("fake-gcs-server did not start within 20 s")
-            time.sleep(0.1)
-    request = urllib.request.Request(f"{host}/storage/v1/b?project=bench", method="POST",
-                                     data=json.dumps({"name": BUCKET}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=10).close()
-    return host, proc.pid
+    running = emulator.start(None)
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, running.pid, nice)
+    emulator.create_bucket(running.host, BUCKET)
+    return running.host, running.pid
 
 
 def main() -> None:

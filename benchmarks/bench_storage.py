@@ -130,32 +130,11 @@ print(json.dumps({"seconds": seconds, "heavy_modules": heavy}))
 
 
 # --- the parent: emulator, data, schedule, report -------------------------------------------------
-def start_emulator() -> tuple[subprocess.Popen, str]:
-    """fake-gcs-server in memory on a random port; ended at exit."""
-    from colab_magics.emulator import answers, binary_path, free_port
+def start_emulator() -> str:
+    """fake-gcs-server in memory on a random port, through the library (tracked, ended at exit)."""
+    from colab_magics import emulator
 
-    port = free_port()
-    host = f"http://127.0.0.1:{port}"
-    argv = [str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-            "-external-url", host, "-backend", "memory", "-log-level", "error"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    atexit.register(stop_emulator, proc)
-    deadline = time.monotonic() + 20
-    while not answers(host):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"fake-gcs-server did not answer on {host} within 20 s")
-        time.sleep(0.05)
-    return proc, host
-
-
-def stop_emulator(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    return emulator.start(None).host
 
 
 def make_run_dir(root: Path, size: int) -> Path:
@@ -240,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = make_run_dir(work, size)
     scratch = work / "scratch"
     scratch.mkdir()
-    _, host = start_emulator()
+    host = start_emulator()
     os.environ["STORAGE_EMULATOR_HOST"] = host
     env = dict(os.environ)
 

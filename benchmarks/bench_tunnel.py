@@ -28,9 +28,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from tests.test_tensorboard import write_events  # noqa: E402  (TensorBoard's own writer, no TF)
+from test_tensorboard import write_events  # noqa: E402  (TensorBoard's own writer, no TF)
 
 STANDINS = ROOT / "tests" / "standins"
 

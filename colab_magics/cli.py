@@ -8,7 +8,6 @@ operation (its one-line message on stderr), 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -72,15 +71,11 @@ def create_bucket(host: str, name: str) -> None:
             raise EmulatorError(f"the emulator refused to create bucket {name}: HTTP {exc.code}") from None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(root: Path | None = None, *, port: int | None = None) -> Emulator:
     """Start an emulator (filesystem backend under `root`, in memory when root is None)."""
-    port = port or free_port()
+    port = port or processes.free_port()
     host = f"http://127.0.0.1:{port}"
     argv = [
         str(binary_path()),

@@ -244,8 +244,8 @@ class ColabMagics(Magics):
             %tensorboard_tunnel --list
             %tensorboard_tunnel runs --stop
         """
-        from colab_magics import tboard, tensorboard, tunnels
-        from colab_magics.display import Link, Table, TableList, show
+        from colab_magics import tboard, tunnels
+        from colab_magics.display import Table, TableList, show
 
         args, extra = _split_passthrough(self.tensorboard_tunnel.parser, line)
         if args.list:
@@ -258,23 +258,16 @@ class ColabMagics(Magics):
             return None
         if not args.logdir:
             raise UsageError("give the LOGDIR TensorBoard should read, e.g. %tensorboard_tunnel runs")
-        provider, notes = tunnels.choose_provider(args.provider or self.tunnel_provider or None)
         options = tunnels.TunnelOptions(
             auth=tunnels.parse_auth(args.auth) if args.auth else None, no_auth=args.no_auth,
             ssh_target=args.ssh, ssh_key=args.ssh_key, ssh_known_hosts=self.ssh_known_hosts or None,
             remote_port=args.remote_port, url=args.url, timeout=self.tensorboard_timeout,
             bin_dir=self.ngrok_bin_dir or None,
         )
-        tunnels.validate(provider, options)
-        started = tensorboard.start(args.logdir, port=args.port, extra_args=extra,
-                                    timeout=self.tensorboard_timeout)
-        opened = tunnels.open_tunnel(provider, started.instance.port, options)
-        tunnel = opened.tunnel if isinstance(opened, tunnels.Reopened) else opened
-        lines = tunnels.describe(opened) + list(notes)
-        if getattr(started, "note", None):
-            lines.append(started.note)
-        show(Link(tunnel.url, f"TensorBoard ({provider}) for {started.instance.logdir}", lines))
-        return tunnel.url
+        served = tboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
+                              port=args.port, extra_args=extra, timeout=self.tensorboard_timeout)
+        show(served.link())
+        return served.url
 
     # --- mounts ---------------------------------------------------------------------------------
     @line_magic

@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -173,6 +174,13 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, tracked: Tr
         if time.monotonic() >= deadline:
             return None
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS picks it) for a server we start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 registry = ProcessRegistry()

@@ -21,7 +21,6 @@ from colab_magics import archive, checkpoints, storage
 from colab_magics.errors import (
     ArchiveNotFound,
     ColabMagicsError,
-    CorruptArchive,
     DownloadFailed,
     NoCheckpointFound,
     UploadFailed,

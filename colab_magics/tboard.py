@@ -21,15 +21,51 @@ def install_ngrok(bin_dir: str | os.PathLike) -> str:
     return str(ngrok.install_ngrok(Path(bin_dir)))
 
 
+@dataclass(frozen=True)
+class Served:
+    """TensorBoard behind a tunnel: the URL to open and the lines to show under the link."""
+
+    url: str
+    provider: str
+    logdir: Path
+    notes: tuple[str, ...]
+
+    def link(self) -> Link:
+        return Link(self.url, f"TensorBoard ({self.provider}) for {self.logdir}", self.notes)
+
+
+def serve(
+    log_dir: str | os.PathLike,
+    provider: str | None = None,
+    options: tunnels.TunnelOptions | None = None,
+    *,
+    port: int | None = None,
+    extra_args: tuple[str, ...] | list[str] = (),
+    timeout: float = 90.0,
+) -> Served:
+    """Start (or reuse) TensorBoard for `log_dir` and open (or reuse) a tunnel to it.
+
+    Everything that can be refused (unknown provider, no token, --auth where no password is
+    possible) is checked before any process starts.
+    """
+    options = options or tunnels.TunnelOptions()
+    provider, notes = tunnels.choose_provider(provider)
+    tunnels.validate(provider, options)
+    started = tensorboard.start(log_dir, port=port, extra_args=extra_args, timeout=timeout)
+    opened = tunnels.open_tunnel(provider, started.instance.port, options)
+    tunnel = opened.tunnel if isinstance(opened, tunnels.Reopened) else opened
+    lines = tunnels.describe(opened) + list(notes)
+    if getattr(started, "note", None):
+        lines.append(started.note)
+    return Served(tunnel.url, provider, started.instance.logdir, tuple(lines))
+
+
 def launch_tensorboard(bin_dir: str | os.PathLike, log_dir: str | os.PathLike) -> str:
     """Start (or reuse) TensorBoard for `log_dir` behind an ngrok tunnel; return the public URL."""
-    started = tensorboard.start(log_dir)
     install_ngrok(bin_dir)
-    opened = tunnels.open_tunnel("ngrok", started.instance.port,
-                                 tunnels.TunnelOptions(bin_dir=Path(bin_dir)))
-    tunnel = opened.tunnel if isinstance(opened, tunnels.Reopened) else opened
-    show(Link(tunnel.url, "TensorBoard", tunnels.describe(opened)))
-    return tunnel.url
+    served = serve(log_dir, "ngrok", tunnels.TunnelOptions(bin_dir=Path(bin_dir)))
+    show(served.link())
+    return served.url
 
 
 @dataclass(frozen=True)

@@ -121,11 +121,6 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def resolve_logdir(logdir: str | Path) -> Path:
@@ -186,7 +181,7 @@ def start(
     # Picking a free port and binding it are two steps; if someone takes it between them,
     # TensorBoard says so and we pick again (a bounded number of times).
     for attempt in range(3):
-        chosen = port if (port is not None and attempt == 0) else free_port()
+        chosen = port if (port is not None and attempt == 0) else processes.free_port()
         tracked = _launch(path, chosen, extra)
         if processes.wait_until(lambda: answers(f"http://127.0.0.1:{chosen}/", 1.0),
                                 timeout=timeout, tracked=tracked):

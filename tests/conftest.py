@@ -7,7 +7,6 @@ The emulator is started here with plain subprocess (not through colab_magics' re
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,14 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from colab_magics.processes import free_port  # noqa: F401  (tests import it from here)
+
 os.environ.setdefault("COLAB_MAGICS_PROGRESS", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def poll(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):

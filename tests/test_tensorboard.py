@@ -21,7 +21,7 @@ from IPython.core.error import UsageError
 
 from colab_magics import tensorboard
 from colab_magics.errors import LogDirError, MissingDependency, TensorBoardError
-from tests.conftest import poll
+from conftest import poll
 
 
 def write_events(run_dir: Path, steps: int = 3) -> Path:

@@ -29,7 +29,7 @@ from colab_magics import tensorboard, tunnels
 from colab_magics.errors import NoTunnelToken, TunnelError, TunnelInstallError
 from colab_magics.tunnels import TunnelOptions
 from colab_magics.tunnels import ngrok as ngrok_provider
-from tests.conftest import SESSION_PIDS, free_port, poll
+from conftest import SESSION_PIDS, free_port, poll
 from tests.test_tensorboard import write_events
 
 STANDINS = Path(__file__).parent / "standins"
