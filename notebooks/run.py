@@ -32,9 +32,11 @@ def execute(path: Path, out_dir: Path, timeout: int = 900) -> Path:
     os.environ.setdefault("COLAB_MAGICS_PROGRESS", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(work)}})
+    log = open(out_dir / f"{path.stem}.kernel.log", "wb")  # the kernel's own stderr (TensorFlow's start-up chatter)
     try:
-        client.execute()
+        client.execute(stderr=log)
     finally:
+        log.close()
         out = out_dir / path.name
         nbformat.write(nb, out)
     return out
