@@ -124,7 +124,7 @@ def save_run(
     manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "layout": ckpt.layout,
                 "checkpoint": ckpt.path.relative_to(root).as_posix()}
     try:
-        size = _upload_zip(blob, root, members, json.dumps(manifest).encode(), force, settings, fmt)
+        size = _upload_archive(blob, root, members, json.dumps(manifest).encode(), force, settings, fmt)
     except _PreconditionFailed:
         return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile")
     deleted = prune(location, run, keep, client=client) if keep else ()
@@ -135,7 +135,7 @@ class _PreconditionFailed(Exception):
     pass
 
 
-def _upload_zip(blob, root: Path, members: list[Path], comment: bytes, force: bool, settings, fmt: str = "zip") -> int:
+def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force: bool, settings, fmt: str = "zip") -> int:
     """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists."""
     from google.api_core.exceptions import PreconditionFailed
 

@@ -46,7 +46,7 @@ def uploads(monkeypatch):
     """Every archive upload, in order, by object name (the upload is real); `.saves` holds the
     monotonic time of each save_run call the archiver makes."""
     seen = _Uploads()
-    real_upload, real_save = runs._upload_zip, runs.save_run
+    real_upload, real_save = runs._upload_archive, runs.save_run
 
     def counting_upload(blob, *args, **kwargs):
         seen.append(blob.name)
@@ -56,7 +56,7 @@ def uploads(monkeypatch):
         seen.saves.append(time.monotonic())
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "_upload_zip", counting_upload)
+    monkeypatch.setattr(runs, "_upload_archive", counting_upload)
     monkeypatch.setattr(runs, "save_run", timed_save)
     return seen
 
