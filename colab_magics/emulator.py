@@ -51,11 +51,7 @@ def binary_path() -> Path:
 
 def answers(host: str, timeout: float = 1.0) -> bool:
     """True when the emulator at `host` answers its bucket listing."""
-    try:
-        with urllib.request.urlopen(f"{host}/storage/v1/b", timeout=timeout) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return processes.http_ok(f"{host}/storage/v1/b", timeout)
 
 
 def create_bucket(host: str, name: str) -> None:

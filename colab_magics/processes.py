@@ -16,6 +16,8 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -174,6 +176,15 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, tracked: Tr
         if time.monotonic() >= deadline:
             return None
         time.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when `url` answers HTTP 200: the readiness check of every server we start."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def free_port() -> int:

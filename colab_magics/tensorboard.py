@@ -13,8 +13,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -103,15 +101,6 @@ class _Registry:
 _registry = _Registry()
 
 
-def answers(url: str, timeout: float = 2.0) -> bool:
-    """True when `url` answers HTTP 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -144,7 +133,7 @@ def find(logdir: str | Path, extra_args: Sequence[str] = ()) -> Instance | None:
     instance = _registry.get(path, tuple(extra_args))
     if instance is None:
         return None
-    if instance.alive() and answers(instance.url):
+    if instance.alive() and processes.http_ok(instance.url):
         return instance
     log.info("TensorBoard for %s (port %d) no longer answers: starting a new one", path, instance.port)
     _stop_instance(instance)
@@ -183,7 +172,7 @@ def start(
     for attempt in range(3):
         chosen = port if (port is not None and attempt == 0) else processes.free_port()
         tracked = _launch(path, chosen, extra)
-        if processes.wait_until(lambda: answers(f"http://127.0.0.1:{chosen}/", 1.0),
+        if processes.wait_until(lambda: processes.http_ok(f"http://127.0.0.1:{chosen}/", 1.0),
                                 timeout=timeout, tracked=tracked):
             instance = Instance(logdir=path, port=chosen, extra_args=extra, tracked=tracked)
             _registry.add(instance)

@@ -25,7 +25,7 @@ import psutil
 import pytest
 from IPython.core.error import UsageError
 
-from colab_magics import tensorboard, tunnels
+from colab_magics import processes, tensorboard, tunnels
 from colab_magics.errors import NoTunnelToken, TunnelError, TunnelInstallError
 from colab_magics.tunnels import TunnelOptions
 from colab_magics.tunnels import ngrok as ngrok_provider
@@ -83,7 +83,7 @@ def tb_port(tmp_path_factory):
                                  "--host", "127.0.0.1", "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     SESSION_PIDS.add(proc.pid)
-    poll(lambda: tensorboard.answers(f"http://127.0.0.1:{port}/", 1), 90, message="TensorBoard")
+    poll(lambda: processes.http_ok(f"http://127.0.0.1:{port}/", 1), 90, message="TensorBoard")
     yield port
     proc.terminate()
     proc.wait(timeout=10)
