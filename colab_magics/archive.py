@@ -18,6 +18,7 @@ import stat
 import struct
 import tarfile
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -325,8 +326,6 @@ class ZipStreamExtractor(io.RawIOBase):
         self._i += 1
 
     def _set_mtime(self, entry: _Entry) -> None:
-        import time
-
         try:
             mtime = time.mktime(entry.info.date_time + (0, 0, -1))
             os.utime(self._dest.joinpath(*entry.path.parts), (mtime, mtime))

@@ -135,7 +135,7 @@ class _PreconditionFailed(Exception):
     pass
 
 
-def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force: bool, settings, fmt: str = "zip") -> int:
+def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force: bool, settings, fmt: str) -> int:
     """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists."""
     from google.api_core.exceptions import PreconditionFailed
 
@@ -231,17 +231,20 @@ def prune(location: storage.GcsPath, run: str, keep: int, *, client=None) -> tup
 
 # --- load ---------------------------------------------------------------------------------------
 def resolve_archive(source: str, *, client=None, deadline: float = storage.EXISTS_CHECK_DEADLINE) -> ArchiveInfo:
-    """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its latest archive."""
+    """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its latest archive.
+
+    The bucket is checked first (one request), so a missing bucket is named as such.
+    """
     loc = storage.parse_url(source)
     client = client or _client()
     name = loc.path.rsplit("/", 1)[-1]
-    if ARCHIVE_NAME.match(name):
-        match = ARCHIVE_NAME.match(name)
-        return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path)
     if not name:
         raise ArchiveNotFound(f"{source} names no run: write gs://BUCKET[/PREFIX]/RUN or an archive URL")
+    storage.require_bucket(client, loc, deadline)
+    match = ARCHIVE_NAME.match(name)
+    if match:
+        return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path)
     parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
-    storage.require_bucket(client, parent, deadline)
     archives = list_archives(parent, name, client=client)
     if not archives:
         raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: %gcs_list {parent} shows what is there")
@@ -254,7 +257,7 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
     client = client or _client()
     info = resolve_archive(source, client=client, deadline=settings.retry_deadline)
     loc = storage.parse_url(info.url)
-    bucket = storage.require_bucket(client, loc, settings.retry_deadline)
+    bucket = client.bucket(loc.bucket)  # resolve_archive checked that it exists
     with storage.translated_errors(loc, "read"):
         # No chunk_size on the blob: download_to_file then streams one GET straight into the
         # extractor (resumed by range on retry) instead of assembling each 100 MiB chunk in memory
