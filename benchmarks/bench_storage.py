@@ -61,7 +61,7 @@ def child(spec: dict) -> dict:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
 
-    from colab_magics import archive, runs, storage  # noqa: F401
+    from colab_magics import packing, runs, storage  # noqa: F401
 
     client = gcs.Client(project="bench", credentials=AnonymousCredentials())
     bucket = client.bucket(BUCKET)

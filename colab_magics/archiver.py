@@ -132,7 +132,7 @@ class Archiver:
         self.every = None if every is None else parse_interval(every)
         if keep is not None and keep < 1:
             raise ColabMagicsError("--keep must be at least 1: it counts the archives to keep, the new one included")
-        from colab_magics.runs import TransferSettings
+        from colab_magics.transfer import TransferSettings
 
         # no progress bars from a background thread: they would land in whatever cell is running
         settings = replace(settings or TransferSettings(), progress=False)

@@ -67,7 +67,7 @@ class ColabMagics(Magics):
         return _env("emulator_dir", str(default_root()))
 
     def transfer_settings(self):
-        from colab_magics.runs import TransferSettings
+        from colab_magics.transfer import TransferSettings
 
         return TransferSettings(
             chunk_size=self.chunk_size_mb * 1024 * 1024,
@@ -244,16 +244,16 @@ class ColabMagics(Magics):
             %tensorboard_tunnel --list
             %tensorboard_tunnel runs --stop
         """
-        from colab_magics import tboard, tunnels
+        from colab_magics import tensorboard, tunnels
         from colab_magics.display import Table, TableList, show
 
         args, extra = _split_passthrough(self.tensorboard_tunnel.parser, line)
         if args.list:
-            rows = tboard.listing()
+            rows = tensorboard.listing()
             return TableList(rows, Table(["what", "serves", "url", "pid"], rows,
                                          empty="no TensorBoard or tunnel running"))
         if args.stop:
-            stopped = tboard.stop(args.logdir)
+            stopped = tensorboard.stop_served(args.logdir)
             print(f"Stopped {len(stopped.instances)} TensorBoard(s) and {len(stopped.tunnels)} tunnel(s)")
             return None
         if not args.logdir:
@@ -264,7 +264,7 @@ class ColabMagics(Magics):
             remote_port=args.remote_port, url=args.url, timeout=self.tensorboard_timeout,
             bin_dir=self.ngrok_bin_dir or None,
         )
-        served = tboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
+        served = tensorboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
                               port=args.port, extra_args=extra, timeout=self.tensorboard_timeout)
         show(served.link())
         return served.url

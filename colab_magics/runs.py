@@ -6,7 +6,6 @@ colab_utils convention), so `%gcs_list` can group archives by run and `%gcs_load
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
@@ -17,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from colab_magics import archive, checkpoints, storage
+from colab_magics import checkpoints, packing, storage, transfer
+from colab_magics.transfer import TransferSettings
 from colab_magics.errors import (
     ArchiveNotFound,
     ColabMagicsError,
@@ -29,17 +29,7 @@ from colab_magics.errors import (
 log = logging.getLogger(__name__)
 
 ARCHIVE_NAME = re.compile(r"^(?P<run>.+)\.(?P<step>\d+)\.(?P<ext>zip|tar\.gz|tgz)$")
-PROGRESS_MIN_BYTES = 64 * storage.MiB
 FORMATS = {"zip": "application/zip", "tar.gz": "application/gzip"}  # archive format → content type
-
-
-@dataclass(frozen=True)
-class TransferSettings:
-    """Knobs of uploads and downloads (filled from `%config ColabMagics.*` by the magics)."""
-
-    chunk_size: int = storage.DEFAULT_CHUNK_SIZE
-    retry_deadline: float = 120.0
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,18 +130,18 @@ def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force
     from google.api_core.exceptions import PreconditionFailed
 
     total = sum(p.stat().st_size for p in members)
-    pipe = storage.ChunkPipe(settings.chunk_size)
-    bar = _progress(total, f"upload {blob.name}", settings)
+    pipe = transfer.ChunkPipe(settings.chunk_size)
+    bar = transfer.progress_bar(total, f"upload {blob.name}", settings)
     failure: list[BaseException] = []
 
     def produce() -> None:
         try:
             on_bytes = bar.update if bar else None
             if fmt == "zip":
-                archive.write_zip(pipe.writer, root, members, comment=comment, on_bytes=on_bytes)
+                packing.write_zip(pipe.writer, root, members, comment=comment, on_bytes=on_bytes)
             else:
-                archive.write_targz(pipe.writer, root, members, on_bytes=on_bytes)
-        except storage._Cancelled:
+                packing.write_targz(pipe.writer, root, members, on_bytes=on_bytes)
+        except transfer.Cancelled:
             return
         except BaseException as exc:  # handed to the uploading thread, which re-raises it
             failure.append(exc)
@@ -267,12 +257,12 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
         raise ArchiveNotFound(f"{info.url} does not exist: %gcs_list gs://{loc.bucket} shows what is there")
     target = Path(target_dir).expanduser()
     started = time.monotonic()
-    staging = archive.staging_dir(target)
+    staging = packing.staging_dir(target)
     try:
         with storage.translated_errors(loc, "download"):
             count = _extract(blob, staging, settings)
         checkpoint = _prepare_checkpoint(staging, info.step)
-        archive.move_into_place(staging, target)
+        packing.move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -282,13 +272,13 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
 
 def _extract(blob, staging: Path, settings: TransferSettings) -> int:
     retry = storage.retry_policy(settings.retry_deadline)
-    bar = _progress(blob.size or 0, f"download {blob.name}", settings)
+    bar = transfer.progress_bar(blob.size or 0, f"download {blob.name}", settings)
     try:
         if blob.name.endswith(".zip"):
-            index = archive.read_zip_index(
+            index = packing.read_zip_index(
                 blob.size, lambda a, b: blob.download_as_bytes(start=a, end=b, checksum=None, retry=retry))
-            sink = archive.ZipStreamExtractor(index, staging)
-            tee = _Crc32cTee(sink, bar)
+            sink = packing.ZipStreamExtractor(index, staging)
+            tee = transfer.Crc32cTee(sink, bar)
             try:
                 blob.download_to_file(tee, checksum=None, retry=retry)
                 tee.flush()
@@ -297,8 +287,8 @@ def _extract(blob, staging: Path, settings: TransferSettings) -> int:
             count = sink.finish()
         else:
             with blob.open("rb", chunk_size=settings.chunk_size, retry=retry) as reader:
-                tee = _Crc32cTee(reader, bar)
-                count = archive.extract_tar_stream(tee, staging)
+                tee = transfer.Crc32cTee(reader, bar)
+                count = packing.extract_tar_stream(tee, staging)
                 tee.drain()
     finally:
         if bar is not None:
@@ -320,69 +310,6 @@ def _prepare_checkpoint(staging: Path, step: int) -> Path | None:
     if ckpt.layout == "tensorflow":
         checkpoints.write_tf_state(ckpt.path.parent, ckpt.path.name)
     return ckpt.path.relative_to(staging)
-
-
-class _Crc32cTee:
-    """Passes bytes through (writes to a sink, or reads from a source) while computing crc32c.
-
-    Writes are gathered into blocks of `block` bytes before they reach the sink and the progress
-    bar: the library hands a download over in 8 KiB pieces, and running the zip extractor
-    (member CRC, one write syscall) and the bar per piece cost a load ~0.5 s of CPU per GiB in the
-    downloading thread. Call `flush()` when the download is done.
-    """
-
-    def __init__(self, inner, bar=None, block: int = storage.MiB):
-        import google_crc32c
-
-        self._inner, self._bar = inner, bar
-        self._crc = google_crc32c.Checksum()
-        self._block = block
-        self._buffer = memoryview(bytearray(block))  # reused: the sink consumes it before returning
-        self._filled = 0
-
-    def write(self, data) -> int:
-        self._crc.update(data)  # here, on the library's bytes: google_crc32c refuses memoryviews
-        size = len(data)
-        if self._filled + size > self._block:
-            self.flush()
-        if size >= self._block:
-            self._pass_on(data)
-        else:
-            self._buffer[self._filled : self._filled + size] = data
-            self._filled += size
-        return size
-
-    def flush(self) -> None:
-        if self._filled:
-            filled, self._filled = self._filled, 0
-            self._pass_on(self._buffer[:filled])
-
-    def _pass_on(self, data) -> None:
-        self._inner.write(data)
-        if self._bar is not None:
-            self._bar.update(len(data))
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        self._crc.update(data)
-        if self._bar is not None:
-            self._bar.update(len(data))
-        return data
-
-    def drain(self) -> None:
-        while self.read(4 * storage.MiB):
-            pass
-
-    def crc32c(self) -> str:
-        return base64.b64encode(self._crc.digest()).decode()
-
-
-def _progress(total: int, desc: str, settings: TransferSettings):
-    if not settings.progress or total < PROGRESS_MIN_BYTES:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
 
 
 def _client():

@@ -8,6 +8,7 @@ Results are typed records (`Launched`, `Reused`); display decides the words.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import tempfile
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from colab_magics import processes, session
+from colab_magics import processes, session, tunnels
+from colab_magics.display import Link
 from colab_magics.errors import LogDirError, MissingDependency, TensorBoardError
 
 log = logging.getLogger(__name__)
@@ -232,3 +234,69 @@ def _require_tensorboard() -> None:
 def _last_lines(text: str, lines: int = 5) -> str:
     kept = [line for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(kept) if kept else "(no output)"
+
+
+# --- the %tensorboard_tunnel service: TensorBoard plus a tunnel to it --------------------------
+@dataclass(frozen=True)
+class Served:
+    """TensorBoard behind a tunnel: the URL to open and the lines to show under the link."""
+
+    url: str
+    provider: str
+    logdir: Path
+    notes: tuple[str, ...]
+
+    def link(self) -> Link:
+        return Link(self.url, f"TensorBoard ({self.provider}) for {self.logdir}", self.notes)
+
+
+def serve(
+    log_dir: str | os.PathLike,
+    provider: str | None = None,
+    options: tunnels.TunnelOptions | None = None,
+    *,
+    port: int | None = None,
+    extra_args: tuple[str, ...] | list[str] = (),
+    timeout: float = 90.0,
+) -> Served:
+    """Start (or reuse) TensorBoard for `log_dir` and open (or reuse) a tunnel to it.
+
+    Everything that can be refused (unknown provider, no token, --auth where no password is
+    possible) is checked before any process starts.
+    """
+    options = options or tunnels.TunnelOptions()
+    provider, notes = tunnels.choose_provider(provider)
+    tunnels.validate(provider, options)
+    started = start(log_dir, port=port, extra_args=extra_args, timeout=timeout)
+    opened = tunnels.open_tunnel(provider, started.instance.port, options)
+    tunnel = opened.tunnel if isinstance(opened, tunnels.Reopened) else opened
+    lines = tunnels.describe(opened) + list(notes)
+    if getattr(started, "note", None):
+        lines.append(started.note)
+    return Served(tunnel.url, provider, started.instance.logdir, tuple(lines))
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What `stop` ended."""
+
+    instances: tuple[Instance, ...]
+    tunnels: tuple[tunnels.Tunnel, ...]
+
+
+def stop_served(log_dir: str | os.PathLike | None = None) -> Stopped:
+    """End the TensorBoard for `log_dir` and its tunnels (every one of ours when None)."""
+    if log_dir is None:
+        closed = tunnels.close_tunnels()
+        return Stopped(tuple(stop()), tuple(closed))
+    ended = stop(log_dir)
+    closed = [t for instance in ended for t in tunnels.close_tunnels(instance.port)]
+    return Stopped(tuple(ended), tuple(closed))
+
+
+def listing() -> list[tuple[str, str, str, str]]:
+    """(what, serves, url, pid) for every TensorBoard and tunnel of ours that is alive."""
+    rows = [("tensorboard", str(i.logdir), i.url, str(i.pid)) for i in running()]
+    rows += [(f"tunnel ({t.provider})", f"port {t.port}", t.url, str(t.process.pid) if t.process else "-")
+             for t in tunnels.open_tunnels()]
+    return rows

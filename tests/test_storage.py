@@ -578,7 +578,7 @@ def test_upload_pipe_read_after_a_recovery_seek_is_not_cut_short():
     return a full chunk: a short read would be taken as the end of the archive."""
     import threading
 
-    from colab_magics.storage import ChunkPipe
+    from colab_magics.transfer import ChunkPipe
 
     pipe = ChunkPipe(chunk_size=10)
     data = bytes(range(256)) * 3

@@ -381,7 +381,7 @@ def test_colab_provider_outside_colab(monkeypatch, tb_port):
 
 # --- the seed API --------------------------------------------------------------------------------
 def test_seed_launch_tensorboard_returns_the_public_url(ngrok_env, tmp_path, capsys):
-    from colab_magics import tboard
+    from colab_magics import tboard, tensorboard
 
     log_dir = tmp_path / "logs"  # does not exist yet
     url = tboard.launch_tensorboard(STANDINS, log_dir)
@@ -391,7 +391,7 @@ def test_seed_launch_tensorboard_returns_the_public_url(ngrok_env, tmp_path, cap
     status, body = get(url, ("tensorboard", password))
     assert status == 200 and is_tensorboard_page(body)
     assert tboard.install_ngrok(STANDINS) == str(STANDINS / "ngrok")
-    stopped = tboard.stop()
+    stopped = tensorboard.stop_served()
     assert len(stopped.instances) == 1 and len(stopped.tunnels) == 1
 
 
