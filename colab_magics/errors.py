@@ -157,3 +157,16 @@ class MountTimeout(MountError):
 # --- continuous archiving -----------------------------------------------------------------------
 class InvalidInterval(ColabMagicsError):
     """An archiving interval such as `--every 10m` could not be read."""
+
+
+# --- Python API arguments -----------------------------------------------------------------------
+class InvalidArgument(ColabMagicsError, TypeError):
+    """A Python API call (the colab_utils names, the hooks) got a missing or wrongly typed argument."""
+
+
+def check_argument(call: str, name: str, value, kinds: tuple, what: str) -> None:
+    """Raise InvalidArgument naming `call`'s public parameter unless `value` is one of `kinds`."""
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise InvalidArgument(f"{call}: {name} must be {what}, not {shown}")

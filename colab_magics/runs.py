@@ -89,9 +89,12 @@ def save_run(
     settings: TransferSettings | None = None,
     client=None,
     fmt: str = "zip",
+    run_name: str | None = None,
 ) -> Saved | Skipped:
     """Archive the latest (or `step`'s) checkpoint of `run_dir` into `destination` as RUN.STEP.zip
-    (or RUN.STEP.tar.gz with `fmt="tar.gz"`, the format of colab_utils' GcsArchiveHook)."""
+    (or RUN.STEP.tar.gz with `fmt="tar.gz"`, the format of colab_utils' GcsArchiveHook).
+
+    RUN is `run_name` if given (colab_utils' `basename`), else the run directory's name."""
     settings = settings or TransferSettings()
     if fmt not in FORMATS:
         raise ColabMagicsError(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}")
@@ -101,7 +104,9 @@ def save_run(
     root = Path(run_dir).expanduser()
     members = sorted(set(ckpt.files) | (set(checkpoints.event_files(root)) if events else set()))
     location = storage.parse_url(destination)
-    run = root.resolve().name
+    if run_name is not None and (not run_name.strip() or "/" in run_name):
+        raise ColabMagicsError(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'")
+    run = run_name or root.resolve().name
     target = location.child(archive_name(run, ckpt.step, fmt))
     client = client or _client()
     bucket = storage.require_bucket(client, location, settings.retry_deadline)

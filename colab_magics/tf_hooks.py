@@ -1,10 +1,11 @@
 """TensorFlow and Keras hooks that keep a run archived while it trains (colab_utils' names).
 
-- `SaverWithCallback(callback, *args, **kwargs)`: a `tf.compat.v1.train.Saver` calling
-  `callback(sess, save_path, checkpoint_path=..., checkpoint_step=...)` after each save.
-- `GcsArchiveHook(every_n_secs, log, bucket, project=None, start=None)`: a `SessionRunHook` that
-  archives the run directory's newest checkpoint and events as RUN.STEP.tar.gz every N seconds
-  and at `end()`.
+- `SaverWithCallback(callback_op, **kwargs)`: a `tf.compat.v1.train.Saver` calling
+  `callback_op(sess, save_path, checkpoint_path=..., checkpoint_step=...)` after each save; a
+  callback that raises is logged as a warning and training goes on (as in colab_utils).
+- `GcsArchiveHook(log_dir, project, bucket, every_n_secs=3600, delay_n_secs=None, start=None)`
+  (colab_utils' order; `log=` is accepted for `log_dir=`): a `SessionRunHook` that archives the run
+  directory's newest checkpoint and events as RUN.STEP.tar.gz every N seconds and at `end()`.
 - `GcsArchiveCallback(run_dir, bucket, every_n_epochs=1, every_n_secs=None, keep=None)`: a Keras 3
   callback (any backend) doing the same as zips, with a final archive in `on_train_end`.
 
@@ -16,11 +17,12 @@ works without them.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 
 from colab_magics.archiver import Archiver, ArchiveSummary
-from colab_magics.errors import ColabMagicsError, MissingDependency
+from colab_magics.errors import ColabMagicsError, InvalidArgument, MissingDependency, check_argument
 
 log = logging.getLogger(__name__)
 
@@ -61,36 +63,39 @@ def checkpoint_step(path: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _use_project(project: str | None) -> None:
-    """colab_utils' hooks took a project: authenticate with it unless %gcs_auth already ran."""
-    if project is None:
-        return
-    from colab_magics import auth, session
-
-    current = session.current()
-    if current.auth is None:
-        current.set_auth(auth.authenticate(project))
-
-
 # --- TensorFlow 1 style ---------------------------------------------------------------------------
 def _build_saver():
     tf = _tf()
 
     class SaverWithCallback(tf.compat.v1.train.Saver):
-        """A Saver that calls `callback(sess, save_path, checkpoint_path=, checkpoint_step=)` after
-        each `save()` (e.g. `Archiver.notify`, to archive the checkpoint just written)."""
+        """A Saver that calls `callback_op(sess, save_path, checkpoint_path=, checkpoint_step=)` after
+        each `save()` (e.g. `Archiver.notify`, to archive the checkpoint just written).
 
-        def __init__(self, callback, *args, **kwargs):
+        A callback that raises is logged as a warning with its reason; the checkpoint stays saved
+        and training goes on, as in colab_utils. `callback=` is accepted for `callback_op=`.
+        """
+
+        def __init__(self, callback_op=None, *args, callback=None, **kwargs):
+            if callback_op is not None and callback is not None:
+                raise InvalidArgument("SaverWithCallback: give callback_op or callback, not both")
             super().__init__(*args, **kwargs)
-            self._callback = callback
+            self.set_callback(callback_op if callback_op is not None else callback)
 
-        def set_callback(self, callback) -> None:
-            self._callback = callback
+        def set_callback(self, callback_op) -> None:
+            if callback_op is not None and not callable(callback_op):
+                raise InvalidArgument(f"SaverWithCallback: callback_op must be a function "
+                                      f"(sess, save_path, **kwargs), not {type(callback_op).__name__}")
+            self._callback = callback_op
 
         def save(self, sess, save_path, *args, **kwargs):
             path = super().save(sess, save_path, *args, **kwargs)
             if path is not None and self._callback is not None:
-                self._callback(sess, save_path, checkpoint_path=path, checkpoint_step=checkpoint_step(path))
+                try:
+                    self._callback(sess, save_path, checkpoint_path=path, checkpoint_step=checkpoint_step(path))
+                except Exception as exc:  # the checkpoint is on disk: a failed upload must not end training
+                    reason = (str(exc).strip().splitlines() or [""])[0]
+                    log.warning("SaverWithCallback: the callback failed after saving %s: %s", path,
+                                f"{type(exc).__name__}: {reason}" if not isinstance(exc, ColabMagicsError) else reason)
             return path
 
     SaverWithCallback.__module__ = __name__
@@ -101,28 +106,49 @@ def _build_hook():
     tf = _tf()
 
     class GcsArchiveHook(tf.compat.v1.train.SessionRunHook):
-        """Archive LOG's newest checkpoint and events to BUCKET as RUN.STEP.tar.gz every N seconds.
+        """Archive LOG_DIR's newest checkpoint and events to BUCKET as RUN.STEP.tar.gz every N seconds.
 
-        The first archive comes `every_n_secs` after `start` (a `time.time()`, e.g. when the
-        notebook began; default now), then at most once per interval, and a final one at `end()`.
-        Give it in `hooks=` of MonitoredTrainingSession: those end after its checkpoint hook, so
-        the final archive holds the last save. Non-chief workers archive nothing.
+        The first archive comes `delay_n_secs` (default `every_n_secs`) after `start` (a
+        `time.time()`, e.g. when the notebook began; default now), then at most once per interval,
+        and a final one at `end()`. Give it in `hooks=` of MonitoredTrainingSession: those end after
+        its checkpoint hook, so the final archive holds the last save. Non-chief workers archive
+        nothing. Arguments in colab_utils' order; `log=` is accepted for `log_dir=`.
         """
 
-        def __init__(self, every_n_secs: float, log: str, bucket: str, project: str | None = None,
-                     start: float | None = None, *, keep: int | None = None):
-            if every_n_secs is None or every_n_secs <= 0:
-                raise ColabMagicsError("every_n_secs must be a positive number of seconds")
-            _use_project(project)
-            self.every_n_secs, self.log, self.bucket, self.keep = float(every_n_secs), str(log), bucket, keep
+        def __init__(self, log_dir=None, project: str | None = None, bucket: str | None = None,
+                     every_n_secs: float = 3600, delay_n_secs: float | None = None, start: float | None = None,
+                     *, log: str | None = None, keep: int | None = None):
+            call = "GcsArchiveHook"
+            if log_dir is not None and log is not None and str(log_dir) != str(log):
+                raise InvalidArgument(f"{call}: give log_dir or log, not both")
+            log_dir = log_dir if log_dir is not None else log
+            if isinstance(log_dir, (int, float)):
+                raise InvalidArgument(f"{call}: log_dir must be the run directory, not {log_dir!r}: the arguments "
+                                      "are (log_dir, project, bucket, every_n_secs=3600, ...); pass the interval "
+                                      "as every_n_secs=")
+            check_argument(call, "log_dir", log_dir, (str, os.PathLike), "the run directory (a path)")
+            check_argument(call, "bucket", bucket, (str,), "a bucket name or gs://BUCKET[/PREFIX] (str)")
+            number = (int, float)
+            check_argument(call, "every_n_secs", every_n_secs, number, "a number of seconds")
+            check_argument(call, "delay_n_secs", delay_n_secs, number + (type(None),), "a number of seconds or None")
+            check_argument(call, "start", start, number + (type(None),), "a time.time() value or None")
+            if every_n_secs <= 0 or (delay_n_secs is not None and delay_n_secs < 0):
+                raise InvalidArgument(f"{call}: every_n_secs must be more than 0 and delay_n_secs at least 0 seconds")
+            from colab_magics import gcloud
+
+            gcloud.use_project(project, call)
+            self.every_n_secs, self.log, self.bucket, self.keep = float(every_n_secs), str(log_dir), bucket, keep
+            self.project = project
+            self.delay_n_secs = self.every_n_secs if delay_n_secs is None else float(delay_n_secs)
             self.start = time.time() if start is None else float(start)
             self.archiver: Archiver | None = None
             self.summary: ArchiveSummary | None = None
             Archiver(self.log, bucket, self.every_n_secs, keep=keep)  # check the arguments now
 
         def begin(self) -> None:
-            elapsed = max(time.time() - self.start, 0.0)
-            delay = self.every_n_secs - (elapsed % self.every_n_secs)
+            elapsed = max(time.time() - self.start, 0.0)  # the first archive at the next multiple of the delay
+            after = self.delay_n_secs
+            delay = after - (elapsed % after) if after > 0 else 0.0
             self.archiver = Archiver(self.log, self.bucket, self.every_n_secs, events=True, keep=self.keep,
                                      fmt="tar.gz", delay=delay).start()
 
