@@ -61,7 +61,7 @@ def test_monitored_training_with_gcs_archive_hook_archives_tar_gz_and_resumes(bu
     def after_save(sess, save_path, checkpoint_path, checkpoint_step):
         saves.append((checkpoint_step, checkpoint_path, Path(checkpoint_path + ".index").exists()))
 
-    hook = tf_hooks.GcsArchiveHook(0.5, str(run_dir), f"gs://{bucket.name}/tf")
+    hook = tf_hooks.GcsArchiveHook(str(run_dir), bucket=f"gs://{bucket.name}/tf", every_n_secs=0.5)
     first, _ = train(run_dir, 60, hooks=[hook], saver_callback=after_save, seconds_per_step=0.04)
     assert first == 0
 
