@@ -202,11 +202,12 @@ def test_lightning_without_a_checkpoint_directory_is_one_line(pl, bucket, tmp_pa
         trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(4, 1)), batch_size=2))
 
 
-@pytest.mark.parametrize("name", ["HuggingFaceArchiveCallback", "LightningArchiveCallback"])
-def test_bad_destination_or_interval_fails_before_training(name, hf, pl):
+@pytest.mark.parametrize("name, library", [("HuggingFaceArchiveCallback", "hf"), ("LightningArchiveCallback", "pl")])
+def test_bad_destination_or_interval_fails_before_training(name, library, request):
     from colab_magics import callbacks
     from colab_magics.errors import ColabMagicsError, InvalidArgument, InvalidBucketURL, InvalidInterval
 
+    request.getfixturevalue(library)  # skips without the library
     cls = getattr(callbacks, name)
     with pytest.raises(InvalidBucketURL):
         cls("gs://Not_A_Bucket")
@@ -216,3 +217,18 @@ def test_bad_destination_or_interval_fails_before_training(name, hf, pl):
         cls(None)
     with pytest.raises(ColabMagicsError, match="keep must be at least 1"):
         cls("gs://fine-bucket", keep=0)
+
+
+def test_without_the_library_the_error_names_the_extra_to_install():
+    code = ("import sys; sys.modules['transformers'] = None; sys.modules['lightning'] = None; "
+            "sys.modules['pytorch_lightning'] = None\n"
+            "from colab_magics import callbacks\n"
+            "for name in ('HuggingFaceArchiveCallback', 'LightningArchiveCallback'):\n"
+            "    try:\n"
+            "        getattr(callbacks, name)\n"
+            "    except Exception as exc:\n"
+            "        print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert 'MissingDependency transformers is not installed: run  pip install "colab-magics[hf]"' in out.stdout
+    assert 'MissingDependency lightning is not installed: run  pip install "colab-magics[lightning]"' in out.stdout
