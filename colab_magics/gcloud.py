@@ -10,16 +10,19 @@ magics or `colab_magics.runs` directly.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 
 from colab_magics import auth as _auth
 from colab_magics import runs, session, storage
 from colab_magics.errors import AuthError, InvalidArgument, check_argument
 
-__all__ = ["gcloud_auth", "auth", "config_project", "save_to_bucket", "load_from_bucket",
-           "load_latest_checkpoint_from_bucket", "gcsfuse", "SaverWithCallback", "GcsArchiveHook"]
-
 _TF_NAMES = ("SaverWithCallback", "GcsArchiveHook")
+# `from colab_magics.gcloud import *` gives the TF names too (importing TF) where TF is installed
+__all__ = ["gcloud_auth", "auth", "config_project", "save_to_bucket", "load_from_bucket",
+           "load_latest_checkpoint_from_bucket", "gcsfuse"]
+if importlib.util.find_spec("tensorflow") is not None:
+    __all__ += _TF_NAMES
 _PATH = (str, os.PathLike)
 _TEXT_OR_NONE = (str, type(None))
 

@@ -377,6 +377,9 @@ def test_tf_names_refuse_wrong_arguments_in_one_line(gcs, tf, tmp_path):
         with pytest.raises(InvalidArgument) as caught:
             call()
         assert text in one_line(caught.value)
+    names: dict = {}
+    exec("from colab_magics.gcloud import *", names)  # as old notebooks did before SaverWithCallback(...)
+    assert names["SaverWithCallback"] is gcloud.SaverWithCallback and callable(names["gcsfuse"])
     hook = gcloud.GcsArchiveHook(log=str(tmp_path), bucket="ok-bucket", every_n_secs=60, delay_n_secs=5)
     assert (hook.log, hook.every_n_secs, hook.delay_n_secs) == (str(tmp_path), 60.0, 5.0)
 
