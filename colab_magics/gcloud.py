@@ -12,12 +12,23 @@ from colab_magics import auth, runs, session, storage
 
 
 def gcloud_auth(project_id: str | None = None, *, key_file: str | None = None, emulator: bool = False):
-    """Authenticate (emulator → key file → Colab/Kaggle → ADC), make it the default; return AuthInfo."""
-    info = auth.authenticate(project_id, key_file=key_file, emulator=emulator)
-    session.current().set_auth(info)
-    if info.project and info.method != "emulator":
-        auth.set_gcloud_project(info.project)
-    return info
+    """Authenticate (emulator → key file → Colab/Kaggle → ADC), make it the default; return AuthInfo.
+
+    The emulator keeps its data where `%gcs_auth --emulator` does (`%config ColabMagics.emulator_dir`,
+    else COLAB_MAGICS_EMULATOR_DIR, else the user's cache directory).
+    """
+    return auth.sign_in(project_id, key_file=key_file, emulator=emulator, emulator_root=_configured_emulator_dir())
+
+
+def _configured_emulator_dir() -> str | None:
+    """`%config ColabMagics.emulator_dir` of the running IPython, if the extension is loaded there."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    magics = shell.magics_manager.registry.get("ColabMagics") if shell is not None else None
+    return getattr(magics, "emulator_dir", None) or None
 
 
 def save_to_bucket(
