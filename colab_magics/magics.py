@@ -125,7 +125,7 @@ class ColabMagics(Magics):
 
         args, _ = parse(self.gcs_auth, line)
         info = auth.sign_in(args.project, key_file=args.key_file, emulator=args.emulator,
-                            emulator_root=self.emulator_dir)
+                            emulator_root=self.emulator_dir or None)
         print(f"Google Cloud: {info.identity} ({info.method}), project {info.project or '(none)'}")
 
     @line_magic
