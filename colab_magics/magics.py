@@ -147,6 +147,7 @@ class ColabMagics(Magics):
 
             %gcs_save /content/runs/run1 gs://my-bucket/experiments --events
             url = %gcs_save runs/run1 my-bucket --step 1000 --keep 3
+            %gcs_save '/content/my run' gs://my-bucket
         """
         from colab_magics import runs
 
@@ -184,12 +185,13 @@ class ColabMagics(Magics):
     @argument("run", nargs="?", help="Only this run's archives.")
     @expected_errors
     def gcs_list(self, line: str | Sequence[str] = ""):
-        """List the archives under a bucket prefix: run, step, size, time. Returns the list.
+        """List the archives under a bucket prefix and every prefix below it: prefix, run, step,
+        size, time. Returns the list.
 
         Examples::
 
-            %gcs_list gs://my-bucket/experiments
-            %gcs_list gs://my-bucket run1
+            %gcs_list gs://my-bucket
+            %gcs_list gs://my-bucket/experiments run1
         """
         from colab_magics import runs, storage
         from colab_magics.display import Table, TableList, human_size
