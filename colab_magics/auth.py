@@ -17,17 +17,20 @@ from pathlib import Path
 
 from colab_magics import emulator as emulator_mod
 from colab_magics import hosted
-from colab_magics.errors import AuthError, NoCredentials
+from colab_magics.errors import AuthError, NoCredentials, hint
 
 log = logging.getLogger(__name__)
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 EMULATOR_PROJECT = "local-project"
-NO_CREDENTIALS_HELP = (
-    "no Google Cloud credentials found: use  %gcs_auth --emulator  for the local emulator, "
-    "%gcs_auth PROJECT --key-file KEY.json  for a service account, or run "
-    "gcloud auth application-default login  (in Colab, %gcs_auth PROJECT signs you in)"
-)
+
+
+def no_credentials_help() -> str:
+    return (
+        f"no Google Cloud credentials found: use  {hint('gcs_auth', '--emulator')}  for the local emulator, "
+        f"{hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}  for a service account, or run "
+        f"gcloud auth application-default login  (in Colab, {hint('gcs_auth', 'PROJECT')} signs you in)"
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,24 @@ def authenticate(
         credentials = hosted.kaggle_gcs_credentials()
         return AuthInfo("kaggle", "Kaggle Google Cloud integration", project or _env_project(), credentials)
     return _adc_auth(project, method="adc")
+
+
+def sign_in(
+    project: str | None = None,
+    *,
+    key_file: str | os.PathLike | None = None,
+    emulator: bool = False,
+    emulator_root: str | os.PathLike | None = None,
+) -> AuthInfo:
+    """`%gcs_auth`, `gcloud_auth()` and `colab-magics auth`: authenticate, make the result the
+    session's credentials and (not for the emulator) the gcloud CLI's default project."""
+    from colab_magics import session
+
+    info = authenticate(project, key_file=key_file, emulator=emulator, emulator_root=emulator_root)
+    session.current().set_auth(info)
+    if info.project and info.method != "emulator":
+        set_gcloud_project(info.project)
+    return info
 
 
 def make_client(info: AuthInfo):
@@ -151,6 +172,6 @@ def _adc_auth(project: str | None, *, method: str) -> AuthInfo:
     try:
         credentials, default_project = google.auth.default(scopes=SCOPES)
     except DefaultCredentialsError:
-        raise NoCredentials(NO_CREDENTIALS_HELP) from None
+        raise NoCredentials(no_credentials_help()) from None
     identity = getattr(credentials, "service_account_email", None) or "your Google account"
     return AuthInfo(method, identity, project or default_project or _env_project(), credentials)

@@ -1,82 +1,241 @@
-"""`colab-magics`: the magics as a command line, for scripts and cron.
+"""`colab-magics`: the magics as a shell command, for scripts, cron and terminals.
 
-Each subcommand parses its arguments with the magic's own parser (so options, help and error
-messages are the same) and calls the same service. Exit codes: 0 done, 1 a failure of the
-operation (its one-line message on stderr), 2 bad usage.
+Each command hands its argv list, as the shell split it, to the magic's own parser
+(`magics.parse`), so options mean the same in both; the help, examples and messages are written for
+a shell. Exit codes: 0 done, 1 the operation failed (one line on stderr), 2 bad usage (one line
+naming `colab-magics COMMAND --help`), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import signal
 import sys
+import textwrap
 import threading
+from dataclasses import dataclass
 
-SUBCOMMANDS = {
-    "auth": ("gcs_auth", "Show (and check) the credentials and project in use."),
-    "save": ("gcs_save", "Archive the latest checkpoint of a run directory into a bucket."),
-    "load": ("gcs_load", "Restore an archive, or a run's latest, into a directory."),
-    "list": ("gcs_list", "List the archives under gs://BUCKET[/PREFIX]."),
-    "mount": ("gcsfuse_mount", "Mount a bucket (stays in the foreground until Ctrl-C)."),
-    "tunnel": ("tensorboard_tunnel", "Start TensorBoard behind a tunnel (foreground until Ctrl-C)."),
+
+@dataclass(frozen=True)
+class Command:
+    magic: str | None  # the magic whose parser and body the command shares; None: its own parser
+    summary: str
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    foreground: bool = False  # stays running until Ctrl-C / SIGTERM (what it started ends with it)
+
+
+COMMANDS = {
+    "auth": Command(
+        "gcs_auth", "Check which credentials and project the other commands use.",
+        "Find Google Cloud credentials in this order and print whose they are: the local emulator "
+        "(--emulator, or STORAGE_EMULATOR_HOST set) → a service-account key (--key-file or "
+        "GOOGLE_APPLICATION_CREDENTIALS) → Application Default Credentials (gcloud auth "
+        "application-default login). A project given here also becomes the gcloud CLI's default.",
+        ("colab-magics auth --emulator", "colab-magics auth --project my-project",
+         "colab-magics auth my-project --key-file ~/keys/trainer.json"),
+    ),
+    "save": Command(
+        "gcs_save", "Archive the latest checkpoint of a run directory into a bucket.",
+        "Archive the latest checkpoint of RUN_DIR (or --step's) as RUN.STEP.zip under DESTINATION and "
+        "print its URL. The archive is streamed (no temporary file), checked end to end by crc32c, "
+        "and never replaces an existing one unless --force.",
+        ("colab-magics save runs/run1 gs://my-bucket/experiments --events",
+         "colab-magics save 'runs/my run' my-bucket --step 1000 --keep 3",
+         "colab-magics --emulator save runs/run1 gs://local-bucket"),
+    ),
+    "load": Command(
+        "gcs_load", "Restore an archive, or a run's latest, into a directory.",
+        "Download and extract an archive (or the newest archive of a run) into TARGET_DIR and print "
+        "the restored checkpoint's path. Extraction is checked and atomic: a corrupt or unsafe "
+        "archive leaves TARGET_DIR as it was.",
+        ("colab-magics load gs://my-bucket/experiments/run1 runs/run1",
+         "colab-magics load gs://my-bucket/experiments/run1.1000.zip restored/run1"),
+    ),
+    "list": Command(
+        "gcs_list", "List the archives under gs://BUCKET[/PREFIX] and its sub-prefixes.",
+        "List the archives under LOCATION and every prefix below it: prefix, run, step, size, time, URL.",
+        ("colab-magics list gs://my-bucket", "colab-magics list gs://my-bucket/experiments run1"),
+    ),
+    "mount": Command(
+        "gcsfuse_mount", "Mount a bucket and stay in the foreground until Ctrl-C.",
+        "Mount a bucket on the local filesystem (gcsfuse, else rclone over FUSE) and wait: Ctrl-C or "
+        "SIGTERM unmounts it once pending uploads are done. --list and --unmount return at once.",
+        ("colab-magics mount my-bucket /mnt/ckpt --only-dir run1",
+         "colab-magics mount gs://datasets/imagenet --read-only",
+         "colab-magics mount --list", "colab-magics mount my-bucket /mnt/ckpt --unmount"),
+        foreground=True,
+    ),
+    "tunnel": Command(
+        "tensorboard_tunnel", "Serve TensorBoard behind a tunnel until Ctrl-C.",
+        "Start TensorBoard for LOGDIR, make it reachable and print the URL; Ctrl-C or SIGTERM ends "
+        "both. Options after -- go to TensorBoard unchanged. The ngrok tunnel asks for a password "
+        "by default (printed once, with the link).",
+        ("colab-magics tunnel runs --provider ngrok",
+         "colab-magics tunnel runs --provider ssh --ssh me@myserver.example.com --remote-port 8080",
+         "colab-magics tunnel runs --provider local -- --reload_interval 5"),
+        foreground=True,
+    ),
+    "run": Command(None, "Run a training command, archiving its run directory; final archive on exit/preemption."),
 }
-FOREGROUND = {"mount", "tunnel"}
+COMMAND_OF_MAGIC = {c.magic: name for name, c in COMMANDS.items() if c.magic}
+_RETURNS_AT_ONCE = {"--list", "--unmount", "--stop"}  # foreground commands that only look or undo
+
+
+class Misuse(Exception):
+    """Bad usage of the command line: one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise Misuse(message)
+
+
+def _global_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument("--emulator", action="store_true",
+                       help="Use the bundled local GCS emulator (started for this command if not running; "
+                            "its data stays in COLAB_MAGICS_EMULATOR_DIR or ~/.cache/colab_magics).")
+    group.add_argument("--project", help="Google Cloud project (default: from the credentials).")
+    return parser
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    from colab_magics import __version__
+
+    width = max(map(len, COMMANDS))
+    commands = "\n".join(f"  {name.ljust(width)}  {c.summary}" for name, c in COMMANDS.items())
+    parser = _Parser(
+        prog="colab-magics", usage="colab-magics [--emulator] [--project PROJECT] COMMAND [ARGS...]",
+        description="Checkpoints to Cloud Storage and back, TensorBoard tunnels and bucket mounts.\n\n"
+                    f"commands:\n{commands}",
+        epilog="examples:\n  colab-magics --emulator save runs/run1 gs://local-bucket\n"
+               "  colab-magics list gs://my-bucket --project my-project\n\n"
+               "Run  colab-magics COMMAND --help  for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    _global_options(parser)
+    parser.add_argument("--version", action="version", version=f"colab-magics {__version__}")
+    parser.add_argument("command", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The help of `colab-magics NAME`: the magic's own arguments, with words written for a shell."""
+    from colab_magics.magics import ColabMagics
+
+    command = COMMANDS[name]
+    examples = "\n".join(f"  {line}" for line in command.examples)
+    parser = _Parser(
+        prog=f"colab-magics {name}", description=textwrap.fill(command.description, 79),
+        epilog=f"examples:\n{examples}" if examples else None,
+        parents=[getattr(ColabMagics, command.magic).parser], conflict_handler="resolve",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    return _global_options(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        prog="colab-magics",
-        description="Checkpoints to Cloud Storage and back, TensorBoard tunnels and bucket mounts.",
-        epilog="Run  colab-magics COMMAND --help  for a command's options.",
-    )
-    parser.add_argument("--emulator", action="store_true",
-                        help="Use the bundled local GCS emulator (started for this command if not running).")
-    parser.add_argument("--project", help="Google Cloud project (default: from the credentials).")
-    parser.add_argument("command", choices=sorted(SUBCOMMANDS), metavar="COMMAND",
-                        help="one of: " + ", ".join(f"{k} ({v[1]})" for k, v in SUBCOMMANDS.items()))
-    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    options = parser.parse_args(argv)
+    top = _top_parser()
+    try:
+        options = top.parse_args(argv)
+    except Misuse as exc:
+        return _misuse(None, str(exc))
+    if options.command is None:
+        print(top.format_usage().rstrip(), file=sys.stderr)
+        print("commands:\n" + "\n".join(f"  {name}" for name in COMMANDS), file=sys.stderr)
+        return 2
+    if options.command not in COMMANDS:
+        return _misuse(None, f"no command {options.command!r}: use one of {', '.join(COMMANDS)}")
     return run(options.command, options.args, emulator=options.emulator, project=options.project)
 
 
 def run(command: str, args: list[str], *, emulator: bool = False, project: str | None = None) -> int:
-    from IPython.core.error import UsageError
+    """Run one command with its argv (global options may still be in it, before any `--`)."""
+    from colab_magics import session
 
-    from colab_magics import auth, session
-    from colab_magics.errors import ColabMagicsError
-    from colab_magics.magics import ColabMagics
-
-    magic_name, _ = SUBCOMMANDS[command]
-    magics = ColabMagics(shell=None)
-    method = getattr(magics, magic_name)
-    method.parser.prog = f"colab-magics {command}"
-    if {"-h", "--help"} & set(args):
-        print(method.__doc__.replace(f"%{magic_name}", f"colab-magics {command}"))
-        return 0
+    current = session.current()
+    previous, current.interface = current.interface, "cli"
     try:
-        if command != "auth" and (emulator or project):
-            session.current().set_auth(auth.authenticate(project, emulator=emulator))
-        if command == "auth":
-            extra = (["--emulator"] if emulator else []) + ([project] if project else [])
-            args = extra + args
-        result = method(shlex.join(args))
-        if command == "list":
-            print(result.table)
-        elif command in FOREGROUND:
-            _wait_for_interrupt(f"{command} running; press Ctrl-C to stop")
-    except UsageError as exc:
-        print(f"colab-magics {command}: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc.__cause__, ColabMagicsError) else 2
-    except ColabMagicsError as exc:
-        print(f"colab-magics {command}: {exc}", file=sys.stderr)
-        return 1
+        if command == "run":
+            return _run_supervised(args, emulator=emulator, project=project)
+        return _run_magic(command, args, emulator=emulator, project=project)
     except KeyboardInterrupt:
         return 130
     finally:
-        session.current().shutdown()
+        current.shutdown()
+        current.interface = previous
+
+
+def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | None) -> int:
+    from IPython.core.error import UsageError
+
+    from colab_magics import auth, session
+    from colab_magics.display import TableList
+    from colab_magics.errors import ColabMagicsError
+    from colab_magics.magics import ColabMagics
+
+    cut = args.index("--") if "--" in args else len(args)
+    try:
+        found, rest = _global_options(_Parser(add_help=False, allow_abbrev=False)).parse_known_args(args[:cut])
+    except Misuse as exc:
+        return _misuse(command, str(exc))
+    if {"-h", "--help"} & set(rest):
+        print(command_parser(command).format_help())
+        return 0
+    emulator, project = emulator or found.emulator, found.project or project
+    if command == "auth":
+        rest = (["--emulator"] if emulator else []) + ([project] if project else []) + rest
+    argv = rest + args[cut:]
+    magic = getattr(ColabMagics(shell=None), COMMANDS[command].magic)
+    try:
+        if command != "auth" and (emulator or project):
+            session.current().set_auth(auth.authenticate(project, emulator=emulator))
+        result = magic(argv)
+        if isinstance(result, TableList):
+            print(result.table)
+        elif COMMANDS[command].foreground and not _RETURNS_AT_ONCE & set(rest):
+            _wait_for_interrupt(f"{command} running; press Ctrl-C to stop")
+    except UsageError as exc:
+        if isinstance(exc.__cause__, ColabMagicsError):
+            return _failure(command, exc)
+        return _misuse(command, str(exc))
+    except ColabMagicsError as exc:
+        return _failure(command, exc)
     return 0
+
+
+def _run_supervised(args: list[str], *, emulator: bool, project: str | None) -> int:
+    import importlib
+
+    try:
+        supervise = importlib.import_module("colab_magics.supervise")
+    except ModuleNotFoundError as exc:
+        if exc.name != "colab_magics.supervise":
+            raise
+        return _misuse(None, "the run command is not part of this installation of colab-magics")
+    from colab_magics import auth, session
+    from colab_magics.errors import ColabMagicsError
+
+    if emulator or project:
+        try:
+            session.current().set_auth(auth.authenticate(project, emulator=emulator))
+        except ColabMagicsError as exc:
+            return _failure("run", exc)
+    return supervise.cli_main(args)
+
+
+def _misuse(command: str | None, message: str) -> int:
+    where = f"colab-magics {command}" if command else "colab-magics"
+    print(f"{where}: error: {message} (see  {where} --help)", file=sys.stderr)
+    return 2
+
+
+def _failure(command: str, exc: BaseException) -> int:
+    print(f"colab-magics {command}: {exc}", file=sys.stderr)
+    return 1
 
 
 def _wait_for_interrupt(message: str) -> None:

@@ -31,6 +31,9 @@ class Emulator:
 
 
 def default_root() -> Path:
+    """COLAB_MAGICS_EMULATOR_DIR, else $XDG_CACHE_HOME (or ~/.cache)/colab_magics/gcs-emulator."""
+    if os.environ.get("COLAB_MAGICS_EMULATOR_DIR"):
+        return Path(os.environ["COLAB_MAGICS_EMULATOR_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "colab_magics" / "gcs-emulator"
 

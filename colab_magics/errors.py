@@ -6,6 +6,22 @@ turn these into `UsageError` so IPython prints the line without a traceback.
 
 from __future__ import annotations
 
+import re
+import shlex
+
+
+def hint(magic: str, *args: str) -> str:
+    """How to run `magic` where the user is: `%gcs_auth --emulator` in a notebook,
+    `colab-magics auth --emulator` in a shell (`Session.interface`). Every message that names a
+    command builds it here, so the two interfaces never tell users to type the other's syntax."""
+    from colab_magics import session
+    from colab_magics.cli import COMMAND_OF_MAGIC
+
+    words = [a if not re.search(r"[\s'\"$\\]", a) else shlex.quote(a) for a in args]
+    if session.current().interface == "cli" and magic in COMMAND_OF_MAGIC:
+        return " ".join(["colab-magics", COMMAND_OF_MAGIC[magic], *words])
+    return " ".join([f"%{magic}", *words])
+
 
 class ColabMagicsError(Exception):
     """Base class of every expected failure of colab_magics."""

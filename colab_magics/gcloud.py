@@ -36,13 +36,24 @@ def __getattr__(name: str):
 
 
 def gcloud_auth(project_id: str | None = None, *, key_file: str | None = None, emulator: bool = False):
-    """Authenticate (emulator → key file → Colab/Kaggle → ADC), make it the default; return AuthInfo."""
+    """Authenticate (emulator → key file → Colab/Kaggle → ADC), make it the default; return AuthInfo.
+
+    The emulator keeps its data where `%gcs_auth --emulator` does (`%config ColabMagics.emulator_dir`,
+    else COLAB_MAGICS_EMULATOR_DIR, else the user's cache directory).
+    """
     check_argument("gcloud_auth", "project_id", project_id, _TEXT_OR_NONE, "a project id (str)")
-    info = _auth.authenticate(project_id, key_file=key_file, emulator=emulator)
-    session.current().set_auth(info)
-    if info.project and info.method != "emulator":
-        _auth.set_gcloud_project(info.project)
-    return info
+    return _auth.sign_in(project_id, key_file=key_file, emulator=emulator, emulator_root=_configured_emulator_dir())
+
+
+def _configured_emulator_dir() -> str | None:
+    """`%config ColabMagics.emulator_dir` of the running IPython, if the extension is loaded there."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    magics = shell.magics_manager.registry.get("ColabMagics") if shell is not None else None
+    return getattr(magics, "emulator_dir", None) or None
 
 
 auth = gcloud_auth  # colab_utils' README documents it as `auth(project_id)`

@@ -6,15 +6,18 @@ flag > %config > COLAB_MAGICS_* environment variable > default.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
+import shlex
+from typing import Sequence
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, Unicode, default
 
-from colab_magics.errors import ColabMagicsError
+from colab_magics.errors import ColabMagicsError, hint
 
 
 def expected_errors(method):
@@ -28,6 +31,28 @@ def expected_errors(method):
             raise UsageError(str(exc)) from exc
 
     return wrapper
+
+
+def parse(magic, line: str | Sequence[str], *, passthrough: bool = False) -> tuple[argparse.Namespace, list[str]]:
+    """The one argument splitter of every magic and CLI command: `line` split by POSIX shell rules
+    (quotes group and are removed, backslash escapes), then parsed by the magic's own parser.
+
+    The CLI hands its argv list as is (no re-joining). With `passthrough`, everything after a
+    standalone `--` is returned unparsed (e.g. TensorBoard's own flags); without it, `--` only ends
+    the options, as in a shell. Unbalanced quotes are a one-line UsageError.
+    """
+    if isinstance(line, str):
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:  # "No closing quotation", "No escaped character"
+            raise UsageError(f"{exc.args[0].lower()} in: {line.strip()}") from None
+    else:
+        argv = list(line)
+    rest: list[str] = []
+    if passthrough and "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
+    return magic.parser.parse_args(argv), rest
 
 
 def _env(name: str, default, kind=str):
@@ -64,7 +89,7 @@ class ColabMagics(Magics):
     def _emulator_dir_default(self):
         from colab_magics.emulator import default_root
 
-        return _env("emulator_dir", str(default_root()))
+        return str(default_root())  # COLAB_MAGICS_EMULATOR_DIR, else the user's cache directory
 
     def transfer_settings(self):
         from colab_magics.transfer import TransferSettings
@@ -83,7 +108,7 @@ class ColabMagics(Magics):
     @argument("--emulator", action="store_true",
               help="Use the bundled local GCS emulator (started if not running): no account needed.")
     @expected_errors
-    def gcs_auth(self, line: str = ""):
+    def gcs_auth(self, line: str | Sequence[str] = ""):
         """Authenticate to Google Cloud and set the default project for the other magics.
 
         Order: the emulator (--emulator or STORAGE_EMULATOR_HOST) → --key-file (or
@@ -96,14 +121,11 @@ class ColabMagics(Magics):
             %gcs_auth my-project
             %gcs_auth my-project --key-file /content/key.json
         """
-        from colab_magics import auth, session
+        from colab_magics import auth
 
-        args = parse_argstring(self.gcs_auth, line)
-        info = auth.authenticate(args.project, key_file=args.key_file, emulator=args.emulator,
-                                 emulator_root=self.emulator_dir)
-        session.current().set_auth(info)
-        if info.project and info.method != "emulator":
-            auth.set_gcloud_project(info.project)
+        args, _ = parse(self.gcs_auth, line)
+        info = auth.sign_in(args.project, key_file=args.key_file, emulator=args.emulator,
+                            emulator_root=self.emulator_dir or None)
         print(f"Google Cloud: {info.identity} ({info.method}), project {info.project or '(none)'}")
 
     @line_magic
@@ -115,7 +137,7 @@ class ColabMagics(Magics):
     @argument("--force", action="store_true", help="Replace the archive if it already exists.")
     @argument("--keep", type=int, metavar="N", help="Then delete all but the newest N archives of this run.")
     @expected_errors
-    def gcs_save(self, line: str = ""):
+    def gcs_save(self, line: str | Sequence[str] = ""):
         """Archive the latest checkpoint of RUN_DIR into a bucket as RUN.STEP.zip; return its URL.
 
         The archive is streamed (no temporary file), checked end to end by crc32c, and never
@@ -125,10 +147,11 @@ class ColabMagics(Magics):
 
             %gcs_save /content/runs/run1 gs://my-bucket/experiments --events
             url = %gcs_save runs/run1 my-bucket --step 1000 --keep 3
+            %gcs_save '/content/my run' gs://my-bucket
         """
         from colab_magics import runs
 
-        args = parse_argstring(self.gcs_save, line)
+        args, _ = parse(self.gcs_save, line)
         result = runs.save_run(args.run_dir, args.destination, step=args.step, events=args.events,
                                force=args.force, keep=args.keep, settings=self.transfer_settings())
         print(_describe_save(result))
@@ -139,7 +162,7 @@ class ColabMagics(Magics):
     @argument("source", help="gs://BUCKET[/PREFIX]/RUN.STEP.zip (or .tar.gz), or gs://BUCKET[/PREFIX]/RUN for its latest.")
     @argument("target_dir", help="Directory to restore into (created if missing).")
     @expected_errors
-    def gcs_load(self, line: str = ""):
+    def gcs_load(self, line: str | Sequence[str] = ""):
         """Restore an archive (or a run's latest) into TARGET_DIR; return the checkpoint path.
 
         Extraction is checked and atomic: a corrupt or unsafe archive leaves TARGET_DIR as it was.
@@ -151,7 +174,7 @@ class ColabMagics(Magics):
         """
         from colab_magics import runs
 
-        args = parse_argstring(self.gcs_load, line)
+        args, _ = parse(self.gcs_load, line)
         result = runs.load_run(args.source, args.target_dir, settings=self.transfer_settings())
         print(_describe_load(result))
         return str(result.checkpoint) if result.checkpoint else str(result.target)
@@ -161,21 +184,24 @@ class ColabMagics(Magics):
     @argument("location", help="gs://BUCKET[/PREFIX]")
     @argument("run", nargs="?", help="Only this run's archives.")
     @expected_errors
-    def gcs_list(self, line: str = ""):
-        """List the archives under a bucket prefix: run, step, size, time. Returns the list.
+    def gcs_list(self, line: str | Sequence[str] = ""):
+        """List the archives under a bucket prefix and every prefix below it: prefix, run, step,
+        size, time. Returns the list.
 
         Examples::
 
-            %gcs_list gs://my-bucket/experiments
-            %gcs_list gs://my-bucket run1
+            %gcs_list gs://my-bucket
+            %gcs_list gs://my-bucket/experiments run1
         """
-        from colab_magics import runs
+        from colab_magics import runs, storage
         from colab_magics.display import Table, TableList, human_size
 
-        args = parse_argstring(self.gcs_list, line)
-        archives = runs.list_archives(args.location, args.run)
-        rows = [(a.run, a.step, human_size(a.size), _when(a.updated), a.url) for a in archives]
-        return TableList(archives, Table(["run", "step", "size", "updated", "url"], rows,
+        args, _ = parse(self.gcs_list, line)
+        archives = runs.list_archives(args.location, args.run, recursive=True)
+        asked = storage.parse_url(args.location).path
+        rows = [(_relative(a.prefix, asked), a.run, a.step, human_size(a.size), _when(a.updated), a.url)
+                for a in archives]
+        return TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
                                          empty=f"no archives under {args.location}"))
 
     # --- tensorboard and tunnels ----------------------------------------------------------------
@@ -212,8 +238,8 @@ class ColabMagics(Magics):
     @line_magic
     @magic_arguments()
     @argument("logdir", nargs="?", help="Directory TensorBoard reads (created if missing).")
-    @argument("--provider", help="ngrok | cloudflared | ssh | colab | local (default: see %%config "
-                                 "ColabMagics.tunnel_provider).")
+    @argument("--provider", help="ngrok | cloudflared | ssh | colab | local (default: the tunnel_provider "
+                                 "setting, else colab in Colab, ngrok when NGROK_AUTHTOKEN is set, else local).")
     @argument("--port", type=int, help="Local port for TensorBoard (another is used if it is busy).")
     @argument("--auth", metavar="USER:PASS", help="Credentials the tunnel asks for (ngrok); "
                                                    "default: user 'tensorboard' and a generated password.")
@@ -228,7 +254,7 @@ class ColabMagics(Magics):
                                                   "(all of them without LOGDIR).")
     @argument("--list", action="store_true", help="Show the running TensorBoards and tunnels.")
     @expected_errors
-    def tensorboard_tunnel(self, line: str = ""):
+    def tensorboard_tunnel(self, line: str | Sequence[str] = ""):
         """Start (or reuse) TensorBoard for LOGDIR and make it reachable; return the URL.
 
         Flags after `--` go to TensorBoard unchanged. The ngrok tunnel asks for a password by
@@ -247,7 +273,7 @@ class ColabMagics(Magics):
         from colab_magics import tensorboard, tunnels
         from colab_magics.display import Table, TableList, show
 
-        args, extra = _split_passthrough(self.tensorboard_tunnel.parser, line)
+        args, extra = parse(self.tensorboard_tunnel, line, passthrough=True)
         if args.list:
             rows = tensorboard.listing()
             return TableList(rows, Table(["what", "serves", "url", "pid"], rows,
@@ -257,7 +283,7 @@ class ColabMagics(Magics):
             print(f"Stopped {len(stopped.instances)} TensorBoard(s) and {len(stopped.tunnels)} tunnel(s)")
             return None
         if not args.logdir:
-            raise UsageError("give the LOGDIR TensorBoard should read, e.g. %tensorboard_tunnel runs")
+            raise UsageError(f"give the LOGDIR TensorBoard should read, e.g. {hint('tensorboard_tunnel', 'runs')}")
         options = tunnels.TunnelOptions(
             auth=tunnels.parse_auth(args.auth) if args.auth else None, no_auth=args.no_auth,
             ssh_target=args.ssh, ssh_key=args.ssh_key, ssh_known_hosts=self.ssh_known_hosts or None,
@@ -286,7 +312,7 @@ class ColabMagics(Magics):
     @argument("--install", action="store_true",
               help="Install gcsfuse from Google's apt repository when missing (Debian/Ubuntu, root).")
     @expected_errors
-    def gcsfuse_mount(self, line: str = ""):
+    def gcsfuse_mount(self, line: str | Sequence[str] = ""):
         """Mount a bucket on the local filesystem (gcsfuse or rclone over FUSE); return the local path.
 
         The mount outlives the cell; it is unmounted by --unmount, %unload_ext and interpreter exit.
@@ -303,7 +329,7 @@ class ColabMagics(Magics):
         from colab_magics import mount
         from colab_magics.display import Table, TableList
 
-        args = parse_argstring(self.gcsfuse_mount, line)
+        args, _ = parse(self.gcsfuse_mount, line)
         if args.list:
             mounts = mount.active_mounts()
             rows = [(m.mount_point, m.source, m.backend, "ro" if m.read_only else "rw", m.pid or "-")
@@ -311,7 +337,7 @@ class ColabMagics(Magics):
             return TableList(mounts, Table(["mount point", "source", "backend", "mode", "pid"], rows,
                                            empty="no bucket mounts"))
         if not args.bucket:
-            raise UsageError("give a BUCKET (or --list): %gcsfuse_mount BUCKET [MOUNT_POINT]")
+            raise UsageError(f"give a BUCKET (or --list): {hint('gcsfuse_mount', 'BUCKET', 'MOUNT_POINT')}")
         if args.unmount:
             where = args.mount_point or mount.default_mount_point(args.bucket)
             result = mount.unmount(where)
@@ -334,7 +360,7 @@ class ColabMagics(Magics):
               help="Shortest time between two archives: 90 (seconds), 30s, 10m, 1h (default 10m).")
     @argument("--events", action="store_true", help="Also archive every events.out.tfevents.* below RUN_DIR.")
     @argument("--keep", type=int, metavar="N", help="After each archive, delete all but the newest N of this run.")
-    def gcs_archive(self, line: str = "", cell: str = ""):
+    def gcs_archive(self, line: str | Sequence[str] = "", cell: str = ""):
         """Run the cell while a background worker archives RUN_DIR's newest checkpoint to a bucket.
 
         A new step is archived (as RUN.STEP.zip, like %gcs_save) at most once per --every; when
@@ -360,7 +386,7 @@ class ColabMagics(Magics):
     def _start_archiver(self, line: str):
         from colab_magics import archiver
 
-        args = parse_argstring(self.gcs_archive, line)
+        args, _ = parse(self.gcs_archive, line)
         return archiver.Archiver(args.run_dir, args.destination, args.every, events=args.events,
                                  keep=args.keep, settings=self.transfer_settings()).start()
 
@@ -396,15 +422,10 @@ class ColabMagics(Magics):
         return text
 
 
-def _split_passthrough(parser, line: str):
-    """Parse the magic's own flags; everything after a standalone `--` is returned as passthrough."""
-    from IPython.utils.process import arg_split
 
-    argv = arg_split(line, posix=True)
-    if "--" in argv:
-        cut = argv.index("--")
-        return parser.parse_args(argv[:cut]), argv[cut + 1:]
-    return parser.parse_args(argv), []
+def _relative(prefix: str, asked: str) -> str:
+    """Where an archive sits relative to the prefix asked about: "." for right there."""
+    return prefix[len(asked):].strip("/") or "." if prefix.startswith(asked) else prefix
 
 
 def _when(moment) -> str:

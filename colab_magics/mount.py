@@ -39,6 +39,7 @@ from colab_magics.errors import (
     MountPointNotEmpty,
     MountTimeout,
     NotMounted,
+    hint,
 )
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def unmount(mount_point: str | os.PathLike, *, timeout: float = UNMOUNT_TIMEOUT)
     tracked = _tracked(target)
     entry = _mount_entry(target)
     if entry is None and tracked is None:
-        raise NotMounted(f"{target} is not mounted: %gcsfuse_mount --list shows the active mounts")
+        raise NotMounted(f"{target} is not mounted: {hint('gcsfuse_mount', '--list')} shows the active mounts")
     backend = _FSTYPES.get(entry[2]) if entry else None
     if entry is not None:
         _unmount_path(target)
@@ -245,7 +246,7 @@ def check_fuse(device: str | os.PathLike | None = None) -> None:
     if not path.exists():
         raise FuseUnavailable(
             f"FUSE is not available here ({path} does not exist): in Docker add  --device /dev/fuse "
-            "--cap-add SYS_ADMIN; otherwise copy files with %gcs_save / %gcs_load instead of mounting"
+            f"--cap-add SYS_ADMIN; otherwise copy files with {hint('gcs_save')} / {hint('gcs_load')} instead of mounting"
         )
     if not os.access(path, os.R_OK | os.W_OK):
         raise FuseUnavailable(
@@ -276,7 +277,7 @@ def rclone_command(executable: str, bucket: str, target: Path, info, *, only_dir
         env[prefix + "SERVICE_ACCOUNT_FILE"] = _key_file(info)
     elif method == "kaggle":
         raise MountError("Kaggle's Google Cloud integration cannot be handed to a mount: "
-                         "use  %gcs_auth PROJECT --key-file KEY.json  with a service-account key")
+                         f"use  {hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}  with a service-account key")
     else:
         env[prefix + "ENV_AUTH"] = "true"
         env.update(_adc_file_env())
@@ -299,7 +300,7 @@ def gcsfuse_command(executable: str, bucket: str, target: Path, info, *, only_di
         argv += ["--key-file", _key_file(info)]  # a path, not the key
     elif method == "kaggle":
         raise MountError("Kaggle's Google Cloud integration cannot be handed to a mount: "
-                         "use  %gcs_auth PROJECT --key-file KEY.json  with a service-account key")
+                         f"use  {hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}  with a service-account key")
     else:
         env.update(_adc_file_env())
     argv += [bucket, str(target)]
@@ -400,7 +401,7 @@ def _run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float =
 def _emulator_host(info) -> str:
     host = getattr(info, "emulator_host", None) or os.environ.get("STORAGE_EMULATOR_HOST")
     if not host:
-        raise MountError("the emulator's address is unknown: run  %gcs_auth --emulator  again")
+        raise MountError(f"the emulator's address is unknown: run  {hint('gcs_auth', '--emulator')}  again")
     return host.rstrip("/")
 
 
@@ -408,7 +409,7 @@ def _key_file(info) -> str:
     path = getattr(info, "key_file", None) or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if not path:
         raise MountError("the service-account key file in use is unknown to the mount: set "
-                         "GOOGLE_APPLICATION_CREDENTIALS=/path/key.json and run %gcs_auth again")
+                         f"GOOGLE_APPLICATION_CREDENTIALS=/path/key.json and run  {hint('gcs_auth')}  again")
     return str(Path(path).expanduser().resolve())
 
 
@@ -439,7 +440,7 @@ def _check_mount_point(target: Path) -> None:
     if entry is not None:
         raise MountPointBusy(
             f"{target} is already a mount point ({entry[0]}, {entry[2]}): unmount it with "
-            f"%gcsfuse_mount BUCKET {target} --unmount, or choose another MOUNT_POINT"
+            f"{hint('gcsfuse_mount', 'BUCKET', str(target), '--unmount')}, or choose another MOUNT_POINT"
         )
     if target.exists() and not target.is_dir():
         raise MountPointNotEmpty(f"{target} is a file, not a directory: choose another MOUNT_POINT")

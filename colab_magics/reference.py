@@ -28,12 +28,12 @@ def render() -> str:
 
 
 def render_settings() -> str:
-    """The `%config ColabMagics.*` settings: name, default (with no COLAB_MAGICS_* set), help."""
+    """The `%config ColabMagics.*` settings: name, default (with no COLAB_MAGICS_* or XDG_CACHE_HOME set), help."""
     import os
 
     from colab_magics.magics import ColabMagics
 
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("COLAB_MAGICS_")}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("COLAB_MAGICS_") or k == "XDG_CACHE_HOME"}
     try:
         magics = ColabMagics(shell=None)
         rows = []

@@ -24,6 +24,7 @@ from colab_magics.errors import (
     DownloadFailed,
     NoCheckpointFound,
     UploadFailed,
+    hint,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class ArchiveInfo:
     size: int
     updated: datetime | None
     name: str = field(repr=False, default="")
+    prefix: str = ""  # the folder holding it in its bucket ("" at the top), e.g. "experiments/bert"
 
 
 def archive_name(run: str, step: int, ext: str = "zip") -> str:
@@ -194,22 +196,25 @@ def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force
 
 
 # --- list and prune -----------------------------------------------------------------------------
-def list_archives(location: str | storage.GcsPath, run: str | None = None, *, client=None) -> list[ArchiveInfo]:
-    """Archives directly under `location` (not in sub-prefixes), sorted by run then step."""
+def list_archives(location: str | storage.GcsPath, run: str | None = None, *, recursive: bool = False,
+                  client=None) -> list[ArchiveInfo]:
+    """Archives directly under `location` (with `recursive`, under its sub-prefixes too), sorted by
+    prefix, run, then step."""
     loc = storage.parse_url(location) if isinstance(location, str) else location
     client = client or _client()
     prefix = f"{loc.path}/" if loc.path else ""
-    if run:
+    if run and not recursive:
         prefix += f"{run}."
     found = []
     with storage.translated_errors(loc, "list"):
-        for blob in client.list_blobs(loc.bucket, prefix=prefix or None, delimiter="/"):
-            match = ARCHIVE_NAME.match(blob.name[len(loc.path) + 1 if loc.path else 0 :])
+        for blob in client.list_blobs(loc.bucket, prefix=prefix or None, delimiter=None if recursive else "/"):
+            folder, _, base = blob.name.rpartition("/")
+            match = ARCHIVE_NAME.match(base)
             if not match or (run and match.group("run") != run):
                 continue
             found.append(ArchiveInfo(f"gs://{loc.bucket}/{blob.name}", match.group("run"),
-                                     int(match.group("step")), blob.size or 0, blob.updated, blob.name))
-    return sorted(found, key=lambda a: (a.run, a.step, a.name))
+                                     int(match.group("step")), blob.size or 0, blob.updated, blob.name, folder))
+    return sorted(found, key=lambda a: (a.prefix, a.run, a.step, a.name))
 
 
 def prune(location: storage.GcsPath, run: str, keep: int, *, client=None) -> tuple[str, ...]:
@@ -242,7 +247,7 @@ def resolve_archive(source: str, *, client=None, deadline: float = storage.EXIST
     parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
     archives = list_archives(parent, name, client=client)
     if not archives:
-        raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: %gcs_list {parent} shows what is there")
+        raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: {hint('gcs_list', parent.url)} shows what is there")
     return max(archives, key=lambda a: a.step)
 
 
@@ -259,7 +264,8 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
         # (b"".join: 2 chunks), which made a load peak at 6x the RSS of a raw download.
         blob = bucket.get_blob(info.name)
     if blob is None:
-        raise ArchiveNotFound(f"{info.url} does not exist: %gcs_list gs://{loc.bucket} shows what is there")
+        parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
+        raise ArchiveNotFound(f"{info.url} does not exist: {hint('gcs_list', parent.url)} shows what is there")
     target = Path(target_dir).expanduser()
     started = time.monotonic()
     staging = packing.staging_dir(target)

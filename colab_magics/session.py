@@ -21,6 +21,7 @@ class Session:
     """Credentials chosen by `%gcs_auth`, a cached storage client, and what to undo at exit."""
 
     auth: object | None = None  # colab_magics.auth.AuthInfo
+    interface: str = "magic"  # "cli" inside colab-magics: messages then name CLI commands (errors.hint)
     _client: object | None = None
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -15,6 +15,7 @@ from colab_magics.errors import (
     PermissionDenied,
     StorageError,
     StorageUnreachable,
+    hint,
 )
 
 MiB = 1024 * 1024
@@ -85,22 +86,22 @@ def translated_errors(target: GcsPath | str, action: str):
     except (gexc.Forbidden, gexc.Unauthorized) as exc:
         raise PermissionDenied(
             f"permission denied to {action} {target}: the credentials in use ({_identity()}) lack "
-            f"access; grant them a Storage role or run %gcs_auth with other credentials"
+            f"access; grant them a Storage role or run  {hint('gcs_auth')}  with other credentials"
         ) from exc
     except (requests.ConnectionError, requests.Timeout, auth_exc.TransportError) as exc:
         raise StorageUnreachable(
             f"could not {action} {target}: {_endpoint()} does not answer "
-            "(for the local emulator run  %gcs_auth --emulator  again)"
+            f"(for the local emulator run  {hint('gcs_auth', '--emulator')}  again)"
         ) from exc
     except gexc.RetryError as exc:
         raise StorageUnreachable(
             f"could not {action} {target}: {_endpoint()} does not answer after retrying "
-            f"({type(exc.cause).__name__}); check the network, or run  %gcs_auth --emulator  again"
+            f"({type(exc.cause).__name__}); check the network, or run  {hint('gcs_auth', '--emulator')}  again"
         ) from exc
     except gexc.GoogleAPICallError as exc:
         raise StorageError(f"could not {action} {target}: {exc.message or exc}") from exc
     except auth_exc.RefreshError as exc:
-        raise PermissionDenied(f"could not {action} {target}: credentials expired, run %gcs_auth again") from exc
+        raise PermissionDenied(f"could not {action} {target}: credentials expired, run  {hint('gcs_auth')}  again") from exc
 
 
 def _not_found_message(target, exc) -> str:

@@ -3,7 +3,8 @@
     python notebooks/run.py                 # the quickstart
     python notebooks/run.py --all           # every notebook in notebooks/
 
-Each run gets its own emulator data directory under notebooks/out/, so runs do not see each other.
+Each run gets its own emulator data directory (and cache directory) under notebooks/out/, so runs
+do not see each other nor anything in the user's ~/.cache.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ def execute(path: Path, out_dir: Path, timeout: int = 900) -> Path:
     work = out_dir / path.stem
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    os.environ["COLAB_MAGICS_EMULATOR_DIR"] = str(work / "emulator")
+    os.environ["COLAB_MAGICS_EMULATOR_DIR"] = str(work / "emulator")  # its own emulator and data
+    os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # nothing in the user's ~/.cache
     os.environ.pop("STORAGE_EMULATOR_HOST", None)
     os.environ.setdefault("COLAB_MAGICS_PROGRESS", "false")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(work)}})
-    log = open(out_dir / f"{path.stem}.kernel.log", "wb")  # the kernel's own stderr (TensorFlow's start-up chatter)
+    log = open(out_dir / f"{path.stem}.kernel.log", "wb")  # the kernel's own stderr
     try:
         client.execute(stderr=log)
     finally:

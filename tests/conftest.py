@@ -6,8 +6,11 @@ The emulator is started here with plain subprocess (not through colab_magics' re
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -20,6 +23,13 @@ from colab_magics.processes import free_port  # noqa: F401  (tests import it fro
 
 os.environ.setdefault("COLAB_MAGICS_PROGRESS", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+# The suite never touches the user's ~/.cache: emulator data (`--emulator`, gcloud_auth) and any
+# other cache go to a directory of this run, removed at exit. Subprocesses inherit both.
+_CACHE = Path(tempfile.mkdtemp(prefix="colab-magics-tests-"))
+atexit.register(shutil.rmtree, _CACHE, True)
+os.environ["XDG_CACHE_HOME"] = str(_CACHE / "cache")
+os.environ["COLAB_MAGICS_EMULATOR_DIR"] = str(_CACHE / "gcs-emulator")
 
 
 def poll(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):

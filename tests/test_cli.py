@@ -1,74 +1,230 @@
-"""The colab-magics command line, run as a script would run it: a subprocess per command."""
+"""The colab-magics command line, run as a shell user runs it: the installed entry point, a subprocess
+per command (PYTHONPATH puts this checkout first), against the real emulator."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
+
+from conftest import poll
+
+from colab_magics import mount, processes
+from colab_magics.cli import COMMANDS
+
+ENTRY_POINT = shutil.which("colab-magics")
+pytestmark = pytest.mark.skipif(ENTRY_POINT is None, reason="colab-magics is not installed (pip install -e .)")
+ROOT = Path(__file__).resolve().parent.parent
+WEIRD = 'my "quoted" run $HOME'  # what a shell user gets with  'my "quoted" run $HOME'
+
+
+def environment(extra: dict | None = None, drop: tuple[str, ...] = ()) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra or {})
+    return env
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "colab_magics.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run([ENTRY_POINT, *args], capture_output=True, text=True, env=environment(env),
+                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture()
-def run_dir(tmp_path):
-    run = tmp_path / "run1"
-    run.mkdir()
-    (run / "ckpt-7.index").write_bytes(b"index")
-    (run / "ckpt-7.data-00000-of-00001").write_bytes(os.urandom(10_000))
-    return run
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
 
 
-def test_save_list_load_through_the_cli(bucket, emulator_host, run_dir, tmp_path):
+def make_run(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "ckpt-7.index").write_bytes(b"index")
+    (path / "ckpt-7.data-00000-of-00001").write_bytes(os.urandom(10_000))
+    return path
+
+
+def test_save_list_load_paths_with_spaces_quotes_and_dollar(bucket, emulator_host, tmp_path):
     env = {"STORAGE_EMULATOR_HOST": emulator_host}
-    saved = cli("save", str(run_dir), f"gs://{bucket.name}/cli", env=env)
+    run = make_run(tmp_path / "parent dir" / WEIRD)
+    saved = cli("save", str(run), f"gs://{bucket.name}/a prefix", env=env)
     assert saved.returncode == 0, saved.stderr
-    assert f"gs://{bucket.name}/cli/run1.7.zip" in saved.stdout
+    assert f"gs://{bucket.name}/a prefix/{WEIRD}.7.zip" in saved.stdout
 
-    listed = cli("list", f"gs://{bucket.name}/cli", env=env)
-    assert listed.returncode == 0 and "run1" in listed.stdout and " 7 " in listed.stdout
+    listed = cli("list", f"gs://{bucket.name}", env=env)
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.strip().splitlines()
+    assert header.split()[:3] == ["prefix", "run", "step"]
+    assert row.startswith(f"a prefix  {WEIRD}  7 ")
 
-    loaded = cli("load", f"gs://{bucket.name}/cli/run1", str(tmp_path / "back"), env=env)
+    target = tmp_path / "back $HOME"
+    loaded = cli("load", f"gs://{bucket.name}/a prefix/{WEIRD}", str(target), env=env)
     assert loaded.returncode == 0, loaded.stderr
-    assert (tmp_path / "back" / "ckpt-7.data-00000-of-00001").read_bytes() == \
-        (run_dir / "ckpt-7.data-00000-of-00001").read_bytes()
+    assert (target / "ckpt-7.data-00000-of-00001").read_bytes() == (run / "ckpt-7.data-00000-of-00001").read_bytes()
 
 
-def test_errors_exit_non_zero_with_the_magics_message(emulator_host, tmp_path):
+def test_global_options_before_or_after_the_command(emulator_host):
     env = {"STORAGE_EMULATOR_HOST": emulator_host}
-    missing = cli("save", str(tmp_path / "nope"), "gs://some-bucket", env=env)
-    assert missing.returncode == 1
-    assert missing.stderr.strip() == f"colab-magics save: run directory {tmp_path / 'nope'} does not exist: check the path"
-    usage = cli("save", env=env)
-    assert usage.returncode == 2 and "required" in usage.stderr
-    unknown = cli("frobnicate")
-    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+    for argv in (["auth", "--project", "my-project"], ["--project", "my-project", "auth"], ["auth", "my-project"]):
+        result = cli(*argv, env=env)
+        assert result.returncode == 0, result.stderr
+        assert one_line(result.stdout).endswith("(emulator), project my-project")
 
 
-@pytest.mark.parametrize("command", ["save", "load", "list", "auth", "mount", "tunnel"])
-def test_every_command_has_help(command):
-    result = cli(command, "--help")
-    assert result.returncode == 0
-    assert f"colab-magics {command}" in result.stdout and "Examples" in result.stdout
-
-
-def test_emulator_flag_starts_a_local_emulator_whose_data_survives(run_dir, tmp_path, monkeypatch):
-    import psutil
-
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    env_clean = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
-    env_clean.update(env)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "colab_magics.cli", *a], capture_output=True,
-                                    text=True, env=env_clean, timeout=120)
-    saved = run("--emulator", "save", str(run_dir), "gs://local-bucket/x")
+def test_emulator_option_keeps_its_data_in_colab_magics_emulator_dir(tmp_path):
+    data = tmp_path / "emulator data"
+    env = {"COLAB_MAGICS_EMULATOR_DIR": str(data)}
+    run = make_run(tmp_path / "run1")
+    env_no_host = environment(env, drop=("STORAGE_EMULATOR_HOST",))
+    call = lambda *a: subprocess.run([ENTRY_POINT, *a], capture_output=True, text=True, env=env_no_host, timeout=120)
+    saved = call("save", str(run), "gs://local-bucket/x", "--emulator")
     assert saved.returncode == 0, saved.stderr
-    listed = run("--emulator", "list", "gs://local-bucket/x")
-    assert "run1" in listed.stdout, listed.stderr
+    listed = call("--emulator", "list", "gs://local-bucket")  # a new emulator on the same data
+    assert listed.returncode == 0 and "run1" in listed.stdout, listed.stderr
+    assert list((data / "data" / "local-bucket").rglob("run1.7.zip"))
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if any(str(tmp_path) in part for part in (p.info["cmdline"] or []))]
     assert leftovers == []
+
+
+def test_alone_it_lists_the_commands_one_per_line_and_exits_2():
+    result = cli()
+    assert result.returncode == 2
+    assert [line.strip() for line in result.stderr.splitlines()[-len(COMMANDS):]] == list(COMMANDS)
+    assert "Traceback" not in result.stderr
+
+
+def test_version():
+    from colab_magics import __version__
+
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"colab-magics {__version__}"
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "run"])
+def test_every_command_has_help_written_for_a_shell(command):
+    result = cli(command, "--help")
+    assert result.returncode == 0
+    text = result.stdout
+    assert text.startswith(f"usage: colab-magics {command} ")
+    assert "--emulator" in text and "--project" in text
+    examples = text.split("examples:\n", 1)[1].strip().splitlines()
+    assert examples and all(line.strip().startswith("colab-magics ") for line in examples)
+    for magic_only in ("::", "%", "unload_ext", "ColabMagics", "Examples"):
+        assert magic_only not in text, magic_only
+    assert not re.search(r"^\s*\w+ = ", text, re.M)
+
+
+def test_top_level_help_lists_every_command_with_its_summary():
+    text = cli("--help").stdout
+    for name, command in COMMANDS.items():
+        assert re.search(rf"^  {name} +{re.escape(command.summary)}$", text, re.M), name
+
+
+def test_misuse_exits_2_with_one_line_naming_the_commands_help(emulator_host, tmp_path):
+    cases = {
+        ("save",): "colab-magics save --help",
+        ("save", "/tmp/run"): "colab-magics save --help",
+        ("list", "gs://b", "--frobnicate"): "colab-magics list --help",
+        ("frobnicate",): "colab-magics --help",
+        ("--frobnicate", "save"): "colab-magics --help",
+    }
+    for argv, names in cases.items():
+        result = cli(*argv, env={"STORAGE_EMULATOR_HOST": emulator_host})
+        assert result.returncode == 2, (argv, result.stderr)
+        assert names in one_line(result.stderr)
+
+
+def test_failure_exits_1_with_one_line_that_names_cli_commands(bucket, emulator_host, tmp_path):
+    env = {"STORAGE_EMULATOR_HOST": emulator_host}
+    missing_dir = cli("save", str(tmp_path / "nope"), f"gs://{bucket.name}", env=env)
+    assert missing_dir.returncode == 1
+    assert one_line(missing_dir.stderr) == \
+        f"colab-magics save: run directory {tmp_path / 'nope'} does not exist: check the path"
+
+    missing = cli("load", f"gs://{bucket.name}/exp/run1.999.zip", str(tmp_path / "t"), env=env)
+    assert missing.returncode == 1
+    line = one_line(missing.stderr)
+    assert f"colab-magics list gs://{bucket.name}/exp " in line and "%" not in line
+
+    dead = cli("list", "gs://some-bucket", env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{processes.free_port()}",
+                                                "COLAB_MAGICS_RETRY_DEADLINE": "2"})
+    assert dead.returncode == 1
+    line = one_line(dead.stderr)
+    assert "colab-magics auth --emulator" in line and "%gcs_auth" not in line
+
+
+def test_run_is_listed_and_dispatched_to_supervise():
+    assert "run" in cli("--help").stdout
+    if importlib.util.find_spec("colab_magics.supervise") is not None:
+        pytest.skip("colab_magics.supervise exists: its own tests cover `colab-magics run`")
+    result = cli("run", "--", "true")
+    assert result.returncode == 2 and "run command" in one_line(result.stderr)
+
+
+def test_operation_failure_in_magic_hint_names_the_magic(ip, bucket, tmp_path):
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError) as raised:
+        ip.run_line_magic("gcs_load", f"gs://{bucket.name}/exp/run1.999.zip {tmp_path / 't'}")
+    assert f"%gcs_list gs://{bucket.name}/exp " in str(raised.value)
+
+
+# --- the foreground commands: started, used, ended by SIGTERM --------------------------------------
+def start_foreground(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([ENTRY_POINT, *args], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=environment(env))
+
+
+def end_foreground(proc: subprocess.Popen, log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+
+
+FUSE_OK = Path("/dev/fuse").exists() and os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("rclone")
+
+
+@pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and rclone")
+def test_mount_at_a_path_with_spaces_quotes_and_dollar(bucket, emulator_host, tmp_path):
+    where = tmp_path / WEIRD
+    log = tmp_path / "mount.log"
+    proc = start_foreground(["mount", bucket.name, str(where), "--backend", "rclone"], log,
+                            {"STORAGE_EMULATOR_HOST": emulator_host})
+    try:
+        poll(lambda: "running" in log.read_text() or proc.poll() is not None, 60, message="the mount")
+        assert any(row[1] == str(where) for row in mount._proc_mounts()), log.read_text()
+        (where / "note.txt").write_text("through the mount")
+    finally:
+        end_foreground(proc, log)
+    assert not any(row[1] == str(where) for row in mount._proc_mounts())
+    assert bucket.get_blob("note.txt").download_as_bytes() == b"through the mount"
+
+
+def test_tunnel_for_a_logdir_with_spaces_quotes_and_dollar(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tests.test_tensorboard import write_events
+    from tests.test_tunnels import get, is_tensorboard_page
+
+    logdir = tmp_path / WEIRD
+    write_events(logdir / "run1")
+    log = tmp_path / "tunnel.log"
+    proc = start_foreground(["tunnel", str(logdir), "--provider", "local", "--", "--reload_interval", "5"], log,
+                            {"TMPDIR": str(tmp_path)})
+    try:
+        found = poll(lambda: re.search(r"http://\S+", log.read_text()) or proc.poll() is not None, 120,
+                     message="the TensorBoard URL")
+        assert proc.poll() is None, log.read_text()
+        status, body = get(found.group(0).rstrip("/") + "/")
+        assert status == 200 and is_tensorboard_page(body)
+        cmdlines = [p.info["cmdline"] or [] for p in psutil.process_iter(["cmdline"])]
+        assert any(str(logdir) in " ".join(c) and "--reload_interval" in c for c in cmdlines)
+    finally:
+        end_foreground(proc, log)

@@ -415,3 +415,13 @@ def test_a_mount_whose_backend_was_killed_can_be_unmounted_and_remounted(bucket,
 
     again = mount.mount(bucket.name, mount_point, backend="rclone")
     assert again.pid != first.pid and os.listdir(mount_point) == []
+
+
+def test_magic_mount_point_with_spaces_quotes_and_dollar(ip, bucket, mount_point):
+    ip.user_ns["x"] = "EXPANDED"  # '...' keeps `$x` literal, as in a shell
+    where = mount_point.parent / 'my "quoted" mount $x'
+    path = ip.run_line_magic("gcsfuse_mount", f"{bucket.name} '{where}' --backend rclone")
+    assert path == str(where) and any(row[1] == str(where) for row in mount._proc_mounts())
+    (where / "note.txt").write_text("hello")
+    assert ip.run_line_magic("gcsfuse_mount", f"{bucket.name} '{where}' --unmount") == str(where)
+    assert object_bytes(bucket, "note.txt") == b"hello"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +24,31 @@ def outputs(path: Path) -> str:
     return "\n".join(texts)
 
 
+TF_CPP_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog|oneDNN custom operations", re.M)
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_headless_without_errors(notebook, tmp_path):
     pytest.importorskip("tensorflow")
-    result = subprocess.run([sys.executable, str(ROOT / "notebooks" / "run.py"), notebook.stem, "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=900)
+    home = tmp_path / "home"  # run.py must isolate the run itself: no cache or emulator settings given
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "COLAB_MAGICS_EMULATOR_DIR")}
+    env["HOME"] = str(home)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "notebooks" / "run.py"), notebook.stem, "--out", str(out)],
+                            capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"ran notebooks/{notebook.name}" in result.stdout
-    text = outputs(tmp_path / notebook.name)
+    assert not (home / ".cache").exists()
+    assert list((out / notebook.stem / "emulator" / "data").iterdir())
+    text = outputs(out / notebook.name)
+    assert not TF_CPP_LOG.search(text), TF_CPP_LOG.search(text).group(0)
+    assert "Skipped" not in text  # a fresh emulator: nothing of earlier runs in the bucket
     if notebook.stem == "quickstart":
         assert "resumed from epoch 3; trained epochs [4, 5]" in text
         assert "run1.3.zip" in text
+        nb = nbformat.read(out / notebook.name, as_version=4)
+        archive_cell = next(c for c in nb.cells if c.source.startswith("%%gcs_archive"))
+        assert [o.output_type for o in archive_cell.outputs] == ["stream"]  # no Out[] of fit's History
     else:
         assert "saver callback saw steps" in text and "hooked.25.tar.gz" in text
 

@@ -186,6 +186,21 @@ def test_list_shows_runs_steps_and_sizes_directly_under_the_prefix(bucket, tmp_p
     assert listed[0].size == bucket.get_blob("a/my.run.250.zip").size > 0
 
 
+def test_gcs_list_finds_archives_under_sub_prefixes_and_shows_where(ip, bucket, tmp_path):
+    run_dir, _ = lightning_run(tmp_path / "my.run")
+    runs.save_run(run_dir, f"gs://{bucket.name}/a", settings=FAST)
+    runs.save_run(run_dir, f"gs://{bucket.name}/a/deeper", settings=FAST)
+    listed = runs.list_archives(f"gs://{bucket.name}", recursive=True)
+    assert [(a.prefix, a.run, a.step) for a in listed] == [("a", "my.run", 250), ("a/deeper", "my.run", 250)]
+
+    shown = ip.run_line_magic("gcs_list", f"gs://{bucket.name}")  # the bucket root: nothing directly there
+    assert [a.url for a in shown] == [a.url for a in listed]
+    rows = [line.split()[:2] for line in str(shown.table).splitlines()]
+    assert rows == [["prefix", "run"], ["a", "my.run"], ["a/deeper", "my.run"]]
+    rows = [line.split()[0] for line in str(ip.run_line_magic("gcs_list", f"gs://{bucket.name}/a").table).splitlines()]
+    assert rows == ["prefix", ".", "deeper"]
+
+
 def test_load_of_the_original_tar_gz_format(bucket, tmp_path):
     """Later colab_utils versions (and GcsArchiveHook) wrote RUN.STEP.tar.gz archives."""
     payload = os.urandom(30_000)

@@ -449,3 +449,18 @@ def test_magic_bad_tunnel_input_is_one_line_and_starts_nothing(ip, monkeypatch, 
 
     assert "\n" not in str(caught.value)
     assert tensorboard.running() == []
+
+
+def test_magic_logdir_with_spaces_quotes_and_dollar(ip, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    ip.user_ns["x"] = "EXPANDED"  # '...' keeps `$x` literal, as in a shell
+    logdir = tmp_path / 'my "quoted" logs $x'
+    write_events(logdir / "run1")
+    url = ip.run_line_magic("tensorboard_tunnel", f"'{logdir}' --provider local")
+    try:
+        status, body = get(url)
+        assert status == 200 and is_tensorboard_page(body)
+        assert [i.logdir for i in tensorboard.running()] == [logdir]
+    finally:
+        ip.run_line_magic("tensorboard_tunnel", f"'{logdir}' --stop")
+    assert tensorboard.running() == []
