@@ -22,7 +22,7 @@ from colab_magics.errors import AuthError, NoCredentials
 log = logging.getLogger(__name__)
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-EMULATOR_PROJECT = "local-project"
+EMULATOR_PROJECT = emulator_mod.PROJECT
 NO_CREDENTIALS_HELP = (
     "no Google Cloud credentials found: use  %gcs_auth --emulator  for the local emulator, "
     "%gcs_auth PROJECT --key-file KEY.json  for a service account, or run "
