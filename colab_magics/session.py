@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from colab_magics import processes
+from colab_magics.processes import ProcessRegistry, Tracked
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Session:
     auth: object | None = None  # colab_magics.auth.AuthInfo
     _client: object | None = None
     #: every child process (TensorBoard, tunnel agents, rclone/gcsfuse, helpers, the emulator)
-    processes: processes.ProcessRegistry = field(default_factory=processes.ProcessRegistry)
+    processes: ProcessRegistry = field(default_factory=ProcessRegistry)
     #: (logdir, extra args) → tensorboard.Instance
     tensorboards: Registry = field(default_factory=Registry)
     #: (provider, url) → tunnels.Tunnel
@@ -86,7 +86,7 @@ class Session:
     #: id(archiver) → archiver.Archiver while its worker runs (flushed first at shutdown)
     active_archivers: Registry = field(default_factory=Registry)
     #: the emulator process we started (None when we use one started elsewhere)
-    emulator_process: processes.Tracked | None = None
+    emulator_process: Tracked | None = None
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _previous_handlers: dict = field(default_factory=dict)
@@ -95,7 +95,7 @@ class Session:
         self.processes.on_start = self.arm
 
     @property
-    def registry(self) -> processes.ProcessRegistry:
+    def registry(self) -> ProcessRegistry:
         """The process registry (old name of `processes`)."""
         return self.processes
 

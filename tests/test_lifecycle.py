@@ -27,11 +27,8 @@ from test_tensorboard import write_events
 STANDINS = Path(__file__).parent / "standins"
 TOKEN = "2abcStandInAuthtoken_lifecycle_9xyz"
 
-pytestmark = [
-    pytest.mark.fuse,
-    pytest.mark.skipif(shutil.which("rclone") is None or not os.access("/dev/fuse", os.R_OK | os.W_OK),
-                       reason="needs rclone and a usable /dev/fuse"),
-]
+fuse_usable = pytest.mark.skipif(shutil.which("rclone") is None or not os.access("/dev/fuse", os.R_OK | os.W_OK),
+                                 reason="needs rclone and a usable /dev/fuse")
 
 KERNEL = textwrap.dedent("""
     import json, sys, time
@@ -74,6 +71,8 @@ def run_kernel(tmp_path: Path, bucket: str, mode: str, env: dict) -> subprocess.
                                  bucket, str(STANDINS), mode], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+@pytest.mark.fuse
+@fuse_usable
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
 def test_everything_the_kernel_started_ends_with_it(bucket, emulator_host, tmp_path, signum):
     write_events(tmp_path / "runs" / "run1")
@@ -114,3 +113,28 @@ def test_everything_the_kernel_started_ends_with_it(bucket, emulator_host, tmp_p
             kernel.wait(timeout=10)
         if mounted(where):
             subprocess.run(["fusermount3", "-uz", str(where)], check=False, timeout=30)
+
+
+def test_unload_flushes_archivers_before_ending_the_emulator_they_write_to(ip, tmp_path, monkeypatch):
+    from colab_magics import archiver, session
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    ip.run_line_magic("config", f"ColabMagics.emulator_dir = {str(tmp_path / 'emulator')!r}")
+    ip.run_line_magic("gcs_auth", "--emulator")
+    emulator = session.current().emulator_process
+    run_dir = tmp_path / "run1"
+    run_dir.mkdir()
+    (run_dir / "model-7.keras").write_bytes(os.urandom(256 * 1024))
+    worker = archiver.Archiver(run_dir, "gs://local-bucket/exp", every=None).start()  # archives at the end
+    try:
+        ip.run_line_magic("unload_ext", "colab_magics")
+
+        # the final archive went up before the emulator it writes to was ended
+        assert emulator is not None and not emulator.alive()
+        summary = worker.summary()
+        assert (summary.archives, summary.last_step, summary.failures) == (1, 7, 0), summary
+        assert not worker.active and len(session.current().active_archivers) == 0
+    finally:
+        session.current().shutdown()
+        session.current().set_auth(None)
+        ip.run_line_magic("load_ext", "colab_magics")  # the fixture unloads it again
