@@ -216,6 +216,7 @@ class Archiver:
             raise
         finally:
             _session().active_archivers.remove(id(self), self)
+            _session().disarm_if_idle()
         if thread.is_alive():
             log.warning("the final archive of %s did not finish within %.0f s: it goes on in the background",
                         self.run_dir, timeout)

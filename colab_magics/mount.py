@@ -221,8 +221,8 @@ def unmount(mount_point: str | os.PathLike, *, timeout: float = UNMOUNT_TIMEOUT)
                 f"{target} is unmounted but {backend} is still uploading after {timeout:.0f} s; it keeps "
                 "running: wait, then run --unmount again (ending the interpreter now may lose files)"
             ) from None
-        processes.registry.stop(tracked)
         _mounts().remove(str(target), tracked)
+        processes.registry.stop(tracked)
     log.info("unmounted %s", target)
     return Unmounted(str(target), backend, tracked is not None, time.monotonic() - started)
 
@@ -243,8 +243,8 @@ def unmount_all(timeout: float = UNMOUNT_TIMEOUT, *, lazy_fallback: bool = False
             log.warning("%s; detaching it lazily", exc)
             if _mount_entry(Path(where)) is not None:
                 _unmount_path(Path(where), lazy=True)
-            processes.registry.stop(tracked)
             _mounts().remove(where, tracked)
+            processes.registry.stop(tracked)
     return done
 
 
@@ -503,8 +503,8 @@ def _abandon(tracked: processes.Tracked, target: Path) -> None:
             _unmount_path(target)
         except MountError as exc:
             log.warning("could not unmount %s: %s", target, exc)
-    processes.registry.stop(tracked)
     _mounts().remove(str(target), tracked)
+    processes.registry.stop(tracked)
 
 
 def _unmount_path(target: Path, *, lazy: bool = False) -> None:
@@ -535,8 +535,8 @@ def _tracked(target: Path) -> processes.Tracked | None:
     """Our live backend for `target`; one that died is forgotten."""
     tracked = _mounts().get(str(target))
     if tracked is not None and not tracked.alive():
-        processes.registry.stop(tracked)
         _mounts().remove(str(target), tracked)
+        processes.registry.stop(tracked)
         return None
     return tracked
 

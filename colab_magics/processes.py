@@ -71,6 +71,7 @@ class ProcessRegistry:
         self._procs: list[Tracked] = []
         self._lock = threading.RLock()  # re-entrant: the SIGTERM handler may stop processes mid-start
         self.on_start = None  # called before each start (the session installs its signal handlers)
+        self.on_stop = None  # called after each stop (the session removes them when idle)
 
     def start(
         self,
@@ -151,6 +152,8 @@ class ProcessRegistry:
         if tracked.guard is not None:
             terminate(tracked.guard.popen, timeout)
         self._untrack(tracked)
+        if self.on_stop is not None:
+            self.on_stop()
 
     def stop_all(self, timeout: float = 5.0) -> None:
         with self._lock:

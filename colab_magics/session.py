@@ -7,8 +7,8 @@ Services reach them through `session.current()`; no module keeps state of its ow
 `Session.shutdown()` ends everything in one order (archivers' final flush → tunnels → TensorBoards →
 mounts → remaining processes → emulator). It is the only cleanup path, reached from `%unload_ext`,
 one atexit hook, and SIGTERM/SIGHUP handlers installed when the first child, mount or archiver
-starts (they run the shutdown, then hand the signal to the handler that was there before, or die of
-it as the default action would). Children also get PR_SET_PDEATHSIG (see `processes`), so even a
+starts and removed when nothing is left (they run the shutdown, then hand the signal to the handler
+that was there before, or die of it as the default action would). Children also get PR_SET_PDEATHSIG (see `processes`), so even a
 SIGKILL of the interpreter ends them.
 """
 
@@ -93,6 +93,7 @@ class Session:
 
     def __post_init__(self) -> None:
         self.processes.on_start = self.arm
+        self.processes.on_stop = self.disarm_if_idle
 
     @property
     def registry(self) -> ProcessRegistry:
@@ -180,6 +181,17 @@ class Session:
                 if signal.getsignal(signum) == self._on_signal:
                     signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
                 del self._previous_handlers[signum]
+
+    def idle(self) -> bool:
+        """True when nothing of ours runs: no process, archiver, mount, tunnel, TensorBoard or hook."""
+        return not (self.processes.all() or len(self.active_archivers) or len(self.mounts)
+                    or len(self.tunnels) or len(self.tensorboards) or len(self.ngrok_agents)
+                    or self._shutdown_hooks)
+
+    def disarm_if_idle(self) -> None:
+        """Put the previous signal handlers back once nothing is left to clean up."""
+        if self._previous_handlers and self.idle():
+            self.disarm()
 
     def _on_signal(self, signum, frame) -> None:
         name = signal.Signals(signum).name
