@@ -19,7 +19,8 @@ def unload_ipython_extension(ipython) -> None:
     from colab_magics import session
     from colab_magics.magics import ColabMagics
 
-    session.current().shutdown()
+    session.current().shutdown("%unload_ext")
+    session.current().disarm()
     manager = ipython.magics_manager
     for kind, names in ColabMagics.magics.items():
         for name in names:

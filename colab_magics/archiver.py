@@ -11,12 +11,10 @@ reset costs at most one interval of work.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
 import re
-import signal
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -172,7 +170,8 @@ class Archiver:
             self._client = session.current().storage_client()
         self._next_allowed = time.monotonic() + self._delay
         self._thread = threading.Thread(target=self._run, name="colab-magics-archiver", daemon=True)
-        _last_chance.add(self)
+        _session().active_archivers.add(id(self), self)
+        _session().arm()  # SIGTERM/SIGHUP flush this archiver first
         self._thread.start()
         return self
 
@@ -216,7 +215,8 @@ class Archiver:
             self._summary = _replace(self._summary, pending=True)
             raise
         finally:
-            _last_chance.remove(self)
+            _session().active_archivers.remove(id(self), self)
+            _session().disarm_if_idle()
         if thread.is_alive():
             log.warning("the final archive of %s did not finish within %.0f s: it goes on in the background",
                         self.run_dir, timeout)
@@ -350,72 +350,23 @@ def _replace(summary: ArchiveSummary, **changes) -> ArchiveSummary:
     return replace(summary, **changes)
 
 
-# --- last-chance flush: atexit and SIGTERM while an archiver runs -------------------------------
-class _LastChance:
-    """Process-wide hooks, installed only while at least one archiver is active.
+# --- last-chance flush: the session's shutdown (atexit, SIGTERM, SIGHUP) while an archiver runs --
+def flush(session, reason: str) -> None:
+    """Final archive of every active archiver of `session`, all within one `last_chance_timeout`.
 
-    SIGTERM: flush every active archiver (bounded), then hand the signal to the previous handler
-    (re-delivering it when that was the default, so the process still ends as a SIGTERM would).
+    The first step of `Session.shutdown()`: interpreter exit, SIGTERM and SIGHUP archive the
+    newest step before anything else is ended.
     """
-
-    def __init__(self):
-        self._lock = threading.RLock()
-        self._active: list[Archiver] = []
-        self._previous = None
-        self._installed = False
-
-    def add(self, archiver: Archiver) -> None:
-        with self._lock:
-            if not self._active:
-                atexit.register(self._at_exit)
-                self._install()
-            self._active.append(archiver)
-
-    def remove(self, archiver: Archiver) -> None:
-        with self._lock:
-            if archiver in self._active:
-                self._active.remove(archiver)
-            if not self._active:
-                atexit.unregister(self._at_exit)
-                self._uninstall()
-
-    def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            log.debug("archiver started outside the main thread: no SIGTERM flush")
-            return
-        self._previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._installed = True
-
-    def _uninstall(self) -> None:
-        if not self._installed or threading.current_thread() is not threading.main_thread():
-            return
-        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:  # someone else's handler stays
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-        self._installed = False
-
-    def flush(self, reason: str) -> None:
-        """Final archive of every active archiver, all within one `last_chance_timeout`."""
-        with self._lock:
-            archivers = list(self._active)
-        if not archivers:
-            return
-        deadline = time.monotonic() + max(a.last_chance_timeout for a in archivers)
-        for archiver in archivers:
-            log.warning("%s: archiving the newest step of %s before exiting", reason, archiver.run_dir)
-            archiver.stop(final=True, timeout=max(deadline - time.monotonic(), 0.0))
-
-    def _at_exit(self) -> None:
-        self.flush("interpreter exit")
-
-    def _on_sigterm(self, signum, frame) -> None:
-        previous = self._previous
-        self.flush("SIGTERM")
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:  # the default action: end the process as SIGTERM would
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+    archivers = session.active_archivers.values()
+    if not archivers:
+        return
+    deadline = time.monotonic() + max(a.last_chance_timeout for a in archivers)
+    for archiver in archivers:
+        log.warning("%s: archiving the newest step of %s before exiting", reason, archiver.run_dir)
+        archiver.stop(final=True, timeout=max(deadline - time.monotonic(), 0.0))
 
 
-_last_chance = _LastChance()
+def _session():
+    from colab_magics import session
+
+    return session.current()

@@ -22,7 +22,7 @@ from colab_magics.errors import AuthError, NoCredentials, hint
 log = logging.getLogger(__name__)
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-EMULATOR_PROJECT = "local-project"
+EMULATOR_PROJECT = emulator_mod.PROJECT
 
 
 def no_credentials_help() -> str:

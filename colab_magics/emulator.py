@@ -18,6 +18,7 @@ from colab_magics.errors import EmulatorError, MissingDependency
 
 START_TIMEOUT = 20.0
 DEFAULT_BUCKET = "local-bucket"  # every emulator we start has it, so a first save needs no setup
+PROJECT = "local-project"  # the project of the emulator's buckets and of the client on it
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def answers(host: str, timeout: float = 1.0) -> bool:
 def create_bucket(host: str, name: str) -> None:
     """Create bucket `name` on the emulator unless it exists (plain HTTP: no heavy imports)."""
     request = urllib.request.Request(
-        f"{host}/storage/v1/b?project=local-project", data=json.dumps({"name": name}).encode(),
+        f"{host}/storage/v1/b?project={PROJECT}", data=json.dumps({"name": name}).encode(),
         headers={"Content-Type": "application/json"}, method="POST",
     )
     try:
@@ -97,6 +98,9 @@ def start(root: Path | None = None, *, port: int | None = None) -> Emulator:
             f"the local GCS emulator did not answer on {host} within {START_TIMEOUT:.0f} s"
             + (f": {tail.splitlines()[-1]}" if tail else "")
         )
+    from colab_magics import session
+
+    session.current().emulator_process = tracked  # ended last at shutdown, after what uses it
     create_bucket(host, DEFAULT_BUCKET)
     if root is not None:
         (root / "emulator.json").write_text(json.dumps({"host": host, "pid": tracked.pid}))

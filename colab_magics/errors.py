@@ -106,6 +106,10 @@ class TensorBoardError(ColabMagicsError):
     """TensorBoard could not be started or did not answer."""
 
 
+class RefusedTensorBoardFlag(TensorBoardError):
+    """A pass-through flag that would make TensorBoard listen beyond 127.0.0.1 (tunnels are the way out)."""
+
+
 class LogDirError(TensorBoardError):
     """The log directory cannot be created or used."""
 

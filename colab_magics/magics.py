@@ -69,17 +69,21 @@ class ColabMagics(Magics):
     """Checkpoints to Cloud Storage and back, TensorBoard tunnels and bucket mounts for notebook VMs."""
 
     chunk_size_mb = Int(help="Upload/download chunk size in MiB (resumable-upload chunk; memory ≈ 2 chunks).").tag(config=True)
-    retry_deadline = Float(help="Seconds a transfer keeps retrying transient errors before failing.").tag(config=True)
+    retry_deadline = Float(help="Seconds a request may go unanswered (retries included) before the operation fails.").tag(config=True)
     progress = Bool(help="Show progress bars for transfers of 64 MiB or more.").tag(config=True)
     emulator_dir = Unicode(help="Where `%gcs_auth --emulator` keeps the local emulator's data.").tag(config=True)
 
     @default("chunk_size_mb")
     def _chunk_size_default(self):
-        return _env("chunk_size_mb", 100, int)
+        from colab_magics.storage import DEFAULT_CHUNK_SIZE, MiB
+
+        return _env("chunk_size_mb", DEFAULT_CHUNK_SIZE // MiB, int)
 
     @default("retry_deadline")
     def _retry_deadline_default(self):
-        return _env("retry_deadline", 120.0, float)
+        from colab_magics.storage import RETRY_DEADLINE
+
+        return _env("retry_deadline", RETRY_DEADLINE, float)
 
     @default("progress")
     def _progress_default(self):
@@ -197,7 +201,7 @@ class ColabMagics(Magics):
         from colab_magics.display import Table, TableList, human_size
 
         args, _ = parse(self.gcs_list, line)
-        archives = runs.list_archives(args.location, args.run, recursive=True)
+        archives = runs.list_archives(args.location, args.run, recursive=True, deadline=self.retry_deadline)
         asked = storage.parse_url(args.location).path
         rows = [(_relative(a.prefix, asked), a.run, a.step, human_size(a.size), _when(a.updated), a.url)
                 for a in archives]
@@ -225,7 +229,9 @@ class ColabMagics(Magics):
 
     @default("tensorboard_timeout")
     def _tensorboard_timeout_default(self):
-        return _env("tensorboard_timeout", 90.0, float)
+        from colab_magics.tensorboard import START_TIMEOUT
+
+        return _env("tensorboard_timeout", START_TIMEOUT, float)
 
     @default("ngrok_bin_dir")
     def _ngrok_bin_dir_default(self):
@@ -345,7 +351,7 @@ class ColabMagics(Magics):
             return result.mount_point
         result = mount.mount(args.bucket, args.mount_point, only_dir=args.only_dir, read_only=args.read_only,
                              create=args.create, location=args.location, storage_class=args.storage_class,
-                             backend=args.backend, install=args.install)
+                             backend=args.backend, install=args.install, retry_deadline=self.retry_deadline)
         verb = "Already mounted" if result.reused else "Mounted"
         print(f"{verb} {result.url} at {result.mount_point} ({result.backend}"
               f"{', read-only' if result.read_only else ''}{', bucket created' if result.created_bucket else ''})")

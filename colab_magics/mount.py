@@ -6,21 +6,25 @@ Application Default Credentials. rclone is configured only through `RCLONE_CONFI
 environment variables of its own process — no config file, nothing secret in argv.
 
 `mount()` returns only when the mount is live (listed in /proc/mounts and a listing through it
-works). Mounts made here outlive the cell and are unmounted by `unmount()`, `%unload_ext` and
-interpreter exit. Unmounting waits for rclone to finish its uploads: rclone runs with
+works). Mounts made here outlive the cell and are unmounted by `unmount()` and the session's
+shutdown (`%unload_ext`, interpreter exit, SIGTERM/SIGHUP); they are recorded in
+`session.current().mounts`. If the interpreter is killed, the backend gets SIGTERM from the kernel
+(PR_SET_PDEATHSIG) and unmounts; a mount left dead anyway ("Transport endpoint is not connected")
+is cleaned by the next `mount()` at that place. Unmounting waits for rclone to finish its uploads: rclone runs with
 `--vfs-write-back 0s` so a closed file is uploaded at once, and rclone exits only after uploads in
 flight are done (with the default 5 s write-back, a file closed just before the unmount is lost).
 """
 
 from __future__ import annotations
 
-import functools
+import errno
 import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -132,12 +136,15 @@ def mount(
     backend: str | None = None,
     install: bool = False,
     timeout: float = READY_TIMEOUT,
+    retry_deadline: float | None = None,
 ) -> Mounted:
     """Mount `bucket` (or its `only_dir` prefix) at `mount_point`; return once it is usable.
 
     `backend` None means gcsfuse when it is on PATH, else rclone. `install` installs gcsfuse from
     Google's apt repository when it is missing (Debian/Ubuntu, root); rclone is installed from the
     distribution when missing and root. Re-running with the same arguments reuses the mount.
+    `retry_deadline` bounds the bucket check against an endpoint that does not answer (default
+    `storage.EXISTS_CHECK_DEADLINE`).
     """
     from colab_magics import storage
 
@@ -168,12 +175,14 @@ def mount(
                        seconds=time.monotonic() - started)
     _check_mount_point(target)
     created = _ensure_bucket(client, bucket, create=create, location=location, storage_class=storage_class,
-                             project=getattr(info, "project", None))
+                             project=getattr(info, "project", None),
+                             deadline=retry_deadline or storage.EXISTS_CHECK_DEADLINE)
     target.mkdir(parents=True, exist_ok=True)
 
     log_path = Path(tempfile.gettempdir()) / "colab_magics-mounts" / (_slug(target) + ".log")
     log_path.unlink(missing_ok=True)
     tracked = processes.registry.start(argv, name=_PROCESS_PREFIX + str(target), env=env, log_path=log_path)
+    _mounts().add(str(target), tracked)
     ready = processes.wait_until(lambda: _mount_entry(target) is not None and _lists(target),
                                  timeout=timeout, interval=0.05, tracked=tracked)
     if not ready:
@@ -188,7 +197,6 @@ def mount(
             )
         raise MountTimeout(f"gs://{bucket} was not usable at {target} after {timeout:.0f} s; "
                            f"{backend}'s last output:\n{_indent(tail or '(nothing)')}")
-    session.current().on_shutdown(functools.partial(_unmount_at_shutdown, str(target)))
     log.info("mounted gs://%s at %s with %s (pid %d)", bucket, target, backend, tracked.pid)
     return Mounted(bucket, str(target), backend, tracked.pid, only_dir, read_only, created_bucket=created,
                    seconds=time.monotonic() - started)
@@ -214,24 +222,36 @@ def unmount(mount_point: str | os.PathLike, *, timeout: float = UNMOUNT_TIMEOUT)
                 f"{target} is unmounted but {backend} is still uploading after {timeout:.0f} s; it keeps "
                 "running: wait, then run --unmount again (ending the interpreter now may lose files)"
             ) from None
+        _mounts().remove(str(target), tracked)
         processes.registry.stop(tracked)
     log.info("unmounted %s", target)
     return Unmounted(str(target), backend, tracked is not None, time.monotonic() - started)
 
 
-def unmount_all(timeout: float = UNMOUNT_TIMEOUT) -> list[Unmounted]:
-    """Unmount every mount this interpreter made."""
+def unmount_all(timeout: float = UNMOUNT_TIMEOUT, *, lazy_fallback: bool = False) -> list[Unmounted]:
+    """Unmount every mount this session made.
+
+    With `lazy_fallback` (the shutdown path), a mount in use is detached lazily (`fusermount -uz`)
+    and a backend still uploading after `timeout` is ended: nothing stays mounted.
+    """
     done = []
-    for tracked in processes.registry.all():
-        if tracked.name.startswith(_PROCESS_PREFIX):
-            done.append(unmount(tracked.name[len(_PROCESS_PREFIX):], timeout=timeout))
+    for where, tracked in _mounts().items():
+        try:
+            done.append(unmount(where, timeout=timeout))
+        except MountError as exc:
+            if not lazy_fallback:
+                raise
+            log.warning("%s; detaching it lazily", exc)
+            if _mount_entry(Path(where)) is not None:
+                _unmount_path(Path(where), lazy=True)
+            _mounts().remove(where, tracked)
+            processes.registry.stop(tracked)
     return done
 
 
 def active_mounts() -> list[ActiveMount]:
     """Bucket mounts now in /proc/mounts (rclone and gcsfuse), ours marked by their pid."""
-    ours = {t.name[len(_PROCESS_PREFIX):]: t.pid for t in processes.registry.all()
-            if t.name.startswith(_PROCESS_PREFIX)}
+    ours = {where: t.pid for where, t in _mounts().items() if t.alive()}
     result = []
     for source, where, fstype, options in _proc_mounts():
         if fstype in _FSTYPES or where in ours:
@@ -437,6 +457,11 @@ def _debian_codename() -> str | None:
 # --- the mount point ----------------------------------------------------------------------------
 def _check_mount_point(target: Path) -> None:
     entry = _mount_entry(target)
+    if entry is not None and entry[2] in _FSTYPES and _dead(target):
+        # its backend is gone (killed with the interpreter that made it): nobody can use it
+        log.info("cleaning the dead %s mount at %s", entry[2], target)
+        _unmount_path(target, lazy=True)
+        entry = _mount_entry(target)
     if entry is not None:
         raise MountPointBusy(
             f"{target} is already a mount point ({entry[0]}, {entry[2]}): unmount it with "
@@ -451,14 +476,12 @@ def _check_mount_point(target: Path) -> None:
 
 
 def _ensure_bucket(client, bucket: str, *, create: bool, location: str | None, storage_class: str | None,
-                   project: str | None) -> bool:
+                   project: str | None, deadline: float) -> bool:
     """True if the bucket was created; BucketNotFound (suggesting --create) if missing."""
     from colab_magics import storage
 
     where = storage.GcsPath(bucket)
-    with storage.translated_errors(where, "reach"):
-        exists = client.bucket(bucket).exists()
-    if exists:
+    if storage.bucket_exists(client, where, deadline):
         return False
     if not create:
         raise BucketNotFound(f"bucket gs://{bucket} does not exist: add --create to make it "
@@ -469,7 +492,8 @@ def _ensure_bucket(client, bucket: str, *, create: bool, location: str | None, s
             raise MountError(f"unknown storage class {storage_class!r}: use one of {', '.join(STORAGE_CLASSES)}")
         new.storage_class = storage_class.upper()
     with storage.translated_errors(where, "create"):
-        client.create_bucket(new, location=location, project=project or client.project)
+        client.create_bucket(new, location=location, project=project or client.project,
+                             **storage.request_options(deadline))
     return True
 
 
@@ -480,12 +504,14 @@ def _abandon(tracked: processes.Tracked, target: Path) -> None:
             _unmount_path(target)
         except MountError as exc:
             log.warning("could not unmount %s: %s", target, exc)
+    _mounts().remove(str(target), tracked)
     processes.registry.stop(tracked)
 
 
-def _unmount_path(target: Path) -> None:
-    tools = [[t, "-u", str(target)] for t in ("fusermount3", "fusermount") if shutil.which(t)]
-    tools.append(["umount", str(target)])
+def _unmount_path(target: Path, *, lazy: bool = False) -> None:
+    flag = "-uz" if lazy else "-u"
+    tools = [[t, flag, str(target)] for t in ("fusermount3", "fusermount") if shutil.which(t)]
+    tools.append(["umount", "-l", str(target)] if lazy else ["umount", str(target)])
     tail = ""
     for argv in tools:
         code, tail = _run(argv, timeout=60)
@@ -501,14 +527,39 @@ def _unmount_path(target: Path) -> None:
     raise MountError(f"could not unmount {target}:\n{_indent(tail)}")
 
 
-def _unmount_at_shutdown(mount_point: str) -> None:
-    if _tracked(Path(mount_point)) is not None:
-        unmount(mount_point)
+def _mounts():
+    """Mount point → backend process of every mount this session made: `session.current().mounts`."""
+    return session.current().mounts
 
 
 def _tracked(target: Path) -> processes.Tracked | None:
-    name = _PROCESS_PREFIX + str(target)
-    return next((t for t in processes.registry.all() if t.name == name), None)
+    """Our live backend for `target`; one that died is forgotten."""
+    tracked = _mounts().get(str(target))
+    if tracked is not None and not tracked.alive():
+        _mounts().remove(str(target), tracked)
+        processes.registry.stop(tracked)
+        return None
+    return tracked
+
+
+def _dead(target: Path, timeout: float = 2.0) -> bool:
+    """True when the FUSE mount at `target` has lost its backend (ENOTCONN).
+
+    Probed from a thread: a backend that hangs (stopped, not dead) would block the probe forever.
+    """
+    outcome: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.stat(target)
+            outcome.append(False)
+        except OSError as exc:
+            outcome.append(exc.errno == errno.ENOTCONN)
+
+    thread = threading.Thread(target=probe, name="colab-magics-mount-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(outcome and outcome[0])
 
 
 def _lists(target: Path) -> bool:

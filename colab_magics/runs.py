@@ -115,7 +115,7 @@ def save_run(
     blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
     if not force:
         with storage.translated_errors(target, "check"):
-            if blob.exists():
+            if blob.exists(**storage.request_options(settings.retry_deadline)):
                 return Skipped(target.url, run, ckpt.step, "already in the bucket (use --force to replace it)")
     started = time.monotonic()
     manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "layout": ckpt.layout,
@@ -124,7 +124,7 @@ def save_run(
         size = _upload_archive(blob, root, members, json.dumps(manifest).encode(), force, settings, fmt)
     except _PreconditionFailed:
         return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile")
-    deleted = prune(location, run, keep, client=client) if keep else ()
+    deleted = prune(location, run, keep, client=client, deadline=settings.retry_deadline) if keep else ()
     return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started, deleted)
 
 
@@ -167,7 +167,7 @@ def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force
                     content_type=FORMATS[fmt],
                     checksum="crc32c",
                     if_generation_match=None if force else 0,
-                    retry=storage.retry_policy(settings.retry_deadline),
+                    **storage.request_options(settings.retry_deadline),
                 )
             except PreconditionFailed:
                 raise _PreconditionFailed() from None
@@ -190,14 +190,14 @@ def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force
             bar.close()
     writer.join(timeout=30)
     if blob.size is not None and blob.size != pipe.bytes_written:
-        blob.delete(if_generation_match=blob.generation)
+        blob.delete(if_generation_match=blob.generation, **storage.request_options(settings.retry_deadline))
         raise UploadFailed(f"gs://{blob.bucket.name}/{blob.name} arrived incomplete and was deleted: run the save again")
     return pipe.bytes_written
 
 
 # --- list and prune -----------------------------------------------------------------------------
 def list_archives(location: str | storage.GcsPath, run: str | None = None, *, recursive: bool = False,
-                  client=None) -> list[ArchiveInfo]:
+                  client=None, deadline: float = storage.RETRY_DEADLINE) -> list[ArchiveInfo]:
     """Archives directly under `location` (with `recursive`, under its sub-prefixes too), sorted by
     prefix, run, then step."""
     loc = storage.parse_url(location) if isinstance(location, str) else location
@@ -207,7 +207,8 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, re
         prefix += f"{run}."
     found = []
     with storage.translated_errors(loc, "list"):
-        for blob in client.list_blobs(loc.bucket, prefix=prefix or None, delimiter=None if recursive else "/"):
+        for blob in client.list_blobs(loc.bucket, prefix=prefix or None, delimiter=None if recursive else "/",
+                                      **storage.request_options(deadline)):
             folder, _, base = blob.name.rpartition("/")
             match = ARCHIVE_NAME.match(base)
             if not match or (run and match.group("run") != run):
@@ -217,15 +218,16 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, re
     return sorted(found, key=lambda a: (a.prefix, a.run, a.step, a.name))
 
 
-def prune(location: storage.GcsPath, run: str, keep: int, *, client=None) -> tuple[str, ...]:
+def prune(location: storage.GcsPath, run: str, keep: int, *, client=None,
+          deadline: float = storage.RETRY_DEADLINE) -> tuple[str, ...]:
     """Delete all but the newest `keep` archives of `run`; return the deleted URLs."""
     client = client or _client()
-    archives = list_archives(location, run, client=client)
+    archives = list_archives(location, run, client=client, deadline=deadline)
     doomed = archives[:-keep] if keep < len(archives) else []
     bucket = client.bucket(location.bucket)
     with storage.translated_errors(location, "delete old archives in"):
         for info in doomed:
-            bucket.blob(info.name).delete()
+            bucket.blob(info.name).delete(**storage.request_options(deadline))
     return tuple(info.url for info in doomed)
 
 
@@ -245,7 +247,7 @@ def resolve_archive(source: str, *, client=None, deadline: float = storage.EXIST
     if match:
         return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path)
     parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
-    archives = list_archives(parent, name, client=client)
+    archives = list_archives(parent, name, client=client, deadline=deadline)
     if not archives:
         raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: {hint('gcs_list', parent.url)} shows what is there")
     return max(archives, key=lambda a: a.step)
@@ -262,7 +264,7 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
         # No chunk_size on the blob: download_to_file then streams one GET straight into the
         # extractor (resumed by range on retry) instead of assembling each 100 MiB chunk in memory
         # (b"".join: 2 chunks), which made a load peak at 6x the RSS of a raw download.
-        blob = bucket.get_blob(info.name)
+        blob = bucket.get_blob(info.name, **storage.request_options(settings.retry_deadline))
     if blob is None:
         parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
         raise ArchiveNotFound(f"{info.url} does not exist: {hint('gcs_list', parent.url)} shows what is there")
@@ -282,22 +284,22 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
 
 
 def _extract(blob, staging: Path, settings: TransferSettings) -> int:
-    retry = storage.retry_policy(settings.retry_deadline)
+    options = storage.request_options(settings.retry_deadline)
     bar = transfer.progress_bar(blob.size or 0, f"download {blob.name}", settings)
     try:
         if blob.name.endswith(".zip"):
             index = packing.read_zip_index(
-                blob.size, lambda a, b: blob.download_as_bytes(start=a, end=b, checksum=None, retry=retry))
+                blob.size, lambda a, b: blob.download_as_bytes(start=a, end=b, checksum=None, **options))
             sink = packing.ZipStreamExtractor(index, staging)
             tee = transfer.Crc32cTee(sink, bar)
             try:
-                blob.download_to_file(tee, checksum=None, retry=retry)
+                blob.download_to_file(tee, checksum=None, **options)
                 tee.flush()
             finally:
                 sink.abort()
             count = sink.finish()
         else:
-            with blob.open("rb", chunk_size=settings.chunk_size, retry=retry) as reader:
+            with blob.open("rb", chunk_size=settings.chunk_size, **options) as reader:
                 tee = transfer.Crc32cTee(reader, bar)
                 count = packing.extract_tar_stream(tee, staging)
                 tee.drain()

@@ -20,6 +20,8 @@ from colab_magics.errors import (
 
 MiB = 1024 * 1024
 DEFAULT_CHUNK_SIZE = 100 * MiB  # the library's own default; the emulator is much slower with less
+RETRY_DEADLINE = 120.0  # seconds a request keeps retrying (`%config ColabMagics.retry_deadline`)
+MAX_REQUEST_TIMEOUT = 60.0  # the library's own per-request default, kept as an upper bound
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _IP_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
@@ -52,7 +54,11 @@ def parse_url(url: str) -> GcsPath:
         raise InvalidBucketURL(f"{url!r} is not a gs:// URL: write gs://BUCKET or gs://BUCKET/PREFIX")
     bucket, _, path = text.partition("/")
     check_bucket_name(bucket)
-    return GcsPath(bucket, path.strip("/"))
+    path = path.strip("/")
+    if path and any(segment in ("", ".", "..") for segment in path.split("/")):
+        raise InvalidBucketURL(f"{url!r} has an empty, '.' or '..' segment in its object path: "
+                               "write gs://BUCKET/PREFIX with plain names between the slashes")
+    return GcsPath(bucket, path)
 
 
 def check_bucket_name(name: str) -> str:
@@ -130,13 +136,34 @@ def retry_policy(deadline: float):
     return DEFAULT_RETRY.with_timeout(deadline) if hasattr(DEFAULT_RETRY, "with_timeout") else DEFAULT_RETRY.with_deadline(deadline)
 
 
+def request_options(deadline: float) -> dict:
+    """`retry=` and `timeout=` for one library call, so it ends within `deadline` seconds of the
+    endpoint going silent — pass them to every call: `blob.exists(**request_options(d))`.
+
+    The library retries until its retry deadline, but starts a last attempt just before it, and an
+    attempt waits up to its own timeout (60 s by default, per request) on an endpoint that accepts
+    and never answers. So the deadline is split: half for each attempt's timeout (at most 60 s,
+    applied to connecting and to each socket read/write, so a big chunk streams as long as bytes
+    move), the rest for retrying. A call that makes several requests (a resumable upload's chunks,
+    a listing's pages) applies both to each request: a healthy long transfer is never cut, a
+    stalled one ends within `deadline`.
+    """
+    deadline = max(float(deadline), 0.1)
+    timeout = min(deadline / 2, MAX_REQUEST_TIMEOUT)
+    return {"retry": retry_policy(deadline - timeout), "timeout": timeout}
+
+
 EXISTS_CHECK_DEADLINE = 15.0  # a first request to a dead endpoint should fail fast, not in minutes
+
+
+def bucket_exists(client, location: GcsPath, deadline: float = EXISTS_CHECK_DEADLINE) -> bool:
+    """Whether the bucket exists (one request, at most min(`deadline`, 15 s) against a silent endpoint)."""
+    with translated_errors(location, "reach"):
+        return client.bucket(location.bucket).exists(**request_options(min(deadline, EXISTS_CHECK_DEADLINE)))
 
 
 def require_bucket(client, location: GcsPath, deadline: float = EXISTS_CHECK_DEADLINE):
     """The bucket object, after checking it exists (one request), else BucketNotFound."""
-    bucket = client.bucket(location.bucket)
-    with translated_errors(location, "reach"):
-        if not bucket.exists(retry=retry_policy(min(deadline, EXISTS_CHECK_DEADLINE))):
-            raise BucketNotFound(_not_found_message(location, None))
-    return bucket
+    if not bucket_exists(client, location, deadline):
+        raise BucketNotFound(_not_found_message(location, None))
+    return client.bucket(location.bucket)

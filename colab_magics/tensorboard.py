@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,14 @@ from typing import Sequence
 
 from colab_magics import processes, session, tunnels
 from colab_magics.display import Link
-from colab_magics.errors import LogDirError, MissingDependency, TensorBoardError
+from colab_magics.errors import LogDirError, MissingDependency, RefusedTensorBoardFlag, TensorBoardError
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 90.0  # TensorBoard imports TensorFlow when it is installed: 5–12 s is common
 _BIND_FAILURE = "could not bind to port"
+# TensorBoard's flags that bind beyond loopback (argparse also takes unambiguous abbreviations)
+_BINDING_FLAGS = ("--host", "--bind_all", "--bind-all")
 
 
 @dataclass(frozen=True)
@@ -65,42 +66,9 @@ class Reused:
     instance: Instance
 
 
-class _Registry:
-    """The TensorBoards this interpreter started, by (logdir, extra args); ended at shutdown."""
-
-    def __init__(self) -> None:
-        self._instances: dict[tuple[Path, tuple[str, ...]], Instance] = {}
-        self._lock = threading.Lock()
-        self._hooked = False
-
-    def add(self, instance: Instance) -> None:
-        with self._lock:
-            self._instances[(instance.logdir, instance.extra_args)] = instance
-            if not self._hooked:
-                session.current().on_shutdown(self.shutdown)
-                self._hooked = True
-
-    def get(self, logdir: Path, extra_args: tuple[str, ...]) -> Instance | None:
-        with self._lock:
-            return self._instances.get((logdir, extra_args))
-
-    def remove(self, instance: Instance) -> None:
-        with self._lock:
-            key = (instance.logdir, instance.extra_args)
-            if self._instances.get(key) is instance:
-                del self._instances[key]
-
-    def all(self) -> list[Instance]:
-        with self._lock:
-            return list(self._instances.values())
-
-    def shutdown(self) -> None:
-        for instance in self.all():
-            _stop_instance(instance)
-        self._hooked = False
-
-
-_registry = _Registry()
+def _registry():
+    """The TensorBoards this session started, by (logdir, extra args): `session.current().tensorboards`."""
+    return session.current().tensorboards
 
 
 def port_is_free(port: int) -> bool:
@@ -129,10 +97,24 @@ def resolve_logdir(logdir: str | Path) -> Path:
     return path
 
 
+def check_extra_args(extra_args: Sequence[str]) -> None:
+    """Refuse flags that would make TensorBoard listen on other interfaces, with no password.
+
+    We bind 127.0.0.1 and say so; reaching TensorBoard from elsewhere is what tunnels are for.
+    """
+    for arg in extra_args:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and len(name) > 3 and any(flag.startswith(name) for flag in _BINDING_FLAGS):
+            raise RefusedTensorBoardFlag(
+                f"{name} is refused: TensorBoard listens on 127.0.0.1 only (it has no password); "
+                f"to reach it from elsewhere use a tunnel: --provider ngrok, cloudflared or ssh"
+            )
+
+
 def find(logdir: str | Path, extra_args: Sequence[str] = ()) -> Instance | None:
     """The running TensorBoard we started for `logdir` if it still answers; a dead one is forgotten."""
     path = Path(logdir).expanduser().absolute()
-    instance = _registry.get(path, tuple(extra_args))
+    instance = _registry().get((path, tuple(extra_args)))
     if instance is None:
         return None
     if instance.alive() and processes.http_ok(instance.url):
@@ -144,7 +126,7 @@ def find(logdir: str | Path, extra_args: Sequence[str] = ()) -> Instance | None:
 
 def running() -> list[Instance]:
     """The TensorBoards we started that are still alive."""
-    return [i for i in _registry.all() if i.alive()]
+    return [i for i in _registry().values() if i.alive()]
 
 
 def start(
@@ -158,6 +140,7 @@ def start(
 
     `port` is a wish: when it is busy another free port is used (and said so in `note`).
     """
+    check_extra_args(extra_args)
     _require_tensorboard()
     path = resolve_logdir(logdir)
     extra = tuple(extra_args)
@@ -177,7 +160,7 @@ def start(
         if processes.wait_until(lambda: processes.http_ok(f"http://127.0.0.1:{chosen}/", 1.0),
                                 timeout=timeout, tracked=tracked):
             instance = Instance(logdir=path, port=chosen, extra_args=extra, tracked=tracked)
-            _registry.add(instance)
+            _registry().add((instance.logdir, instance.extra_args), instance)
             return Launched(instance, time.monotonic() - began, note)
         died = not tracked.alive()
         tail = tracked.output_tail()
@@ -198,7 +181,7 @@ def start(
 def stop(logdir: str | Path | None = None) -> list[Instance]:
     """End the TensorBoard(s) we started for `logdir` (every one when None); return those ended."""
     path = Path(logdir).expanduser().absolute() if logdir is not None else None
-    ended = [i for i in _registry.all() if path is None or i.logdir == path]
+    ended = [i for i in _registry().values() if path is None or i.logdir == path]
     for instance in ended:
         _stop_instance(instance)
     return ended
@@ -207,7 +190,7 @@ def stop(logdir: str | Path | None = None) -> list[Instance]:
 def _stop_instance(instance: Instance) -> None:
     if instance.tracked is not None:
         _discard(instance.tracked)
-    _registry.remove(instance)
+    _registry().remove((instance.logdir, instance.extra_args), instance)
 
 
 def _discard(tracked: processes.Tracked) -> None:
@@ -257,13 +240,14 @@ def serve(
     *,
     port: int | None = None,
     extra_args: tuple[str, ...] | list[str] = (),
-    timeout: float = 90.0,
+    timeout: float = START_TIMEOUT,
 ) -> Served:
     """Start (or reuse) TensorBoard for `log_dir` and open (or reuse) a tunnel to it.
 
     Everything that can be refused (unknown provider, no token, --auth where no password is
     possible) is checked before any process starts.
     """
+    check_extra_args(extra_args)
     options = options or tunnels.TunnelOptions()
     provider, notes = tunnels.choose_provider(provider)
     tunnels.validate(provider, options)

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from colab_magics.storage import DEFAULT_CHUNK_SIZE, MiB
+from colab_magics.storage import DEFAULT_CHUNK_SIZE, RETRY_DEADLINE, MiB
 
 PROGRESS_MIN_BYTES = 64 * MiB
 
@@ -24,7 +24,7 @@ class TransferSettings:
     """Knobs of uploads and downloads (filled from `%config ColabMagics.*` by the magics)."""
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    retry_deadline: float = 120.0
+    retry_deadline: float = RETRY_DEADLINE
     progress: bool = True
 
 

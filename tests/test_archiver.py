@@ -287,15 +287,20 @@ def test_archiver_from_python_archive_now_and_final_archive(bucket, tmp_path):
 def test_a_saver_callback_notify_archives_without_an_interval(bucket, tmp_path):
     run_dir = tmp_path / "run1"
     worker = archiver.Archiver(run_dir, f"gs://{bucket.name}", every=None).start()
+    watcher = archiver.Archiver(run_dir, f"gs://{bucket.name}/watcher", every=0.1).start()
     try:
         write_step(run_dir, 10)
-        time.sleep(0.3)  # a worker with no interval and no news must not archive on its own
-        assert names(bucket) == set()
+        # a worker with no interval and no news must not archive on its own: in the time one with
+        # an interval saw step 10, let it settle and archived it, the first one archived nothing
+        poll(lambda: names(bucket) == {"watcher/run1.10.zip"}, 20, message="the watcher's archive")
+        watcher.stop(final=False)
+        assert names(bucket) == {"watcher/run1.10.zip"}
         worker.notify(None, str(run_dir), checkpoint_path=str(run_dir / "step-10.pt"), checkpoint_step=10)
-        poll(lambda: names(bucket) == {"run1.10.zip"}, 20, message="the notified step archived")
+        poll(lambda: "run1.10.zip" in names(bucket), 20, message="the notified step archived")
     finally:
         worker.stop(final=False)
-    assert names(bucket) == {"run1.10.zip"}
+        watcher.stop(final=False)
+    assert names(bucket) == {"run1.10.zip", "watcher/run1.10.zip"}
 
 
 @pytest.mark.parametrize("content", ["random", "compressible"])

@@ -21,7 +21,7 @@ from IPython.core.error import UsageError
 
 from conftest import poll, run_cell
 
-from colab_magics import mount, processes
+from colab_magics import mount, processes, session
 from colab_magics.errors import (
     BucketNotFound,
     FuseUnavailable,
@@ -401,20 +401,44 @@ def test_seed_gcsfuse_creates_the_bucket_and_returns_the_path(gcs, tmp_path, mon
         mount.unmount_all(timeout=60)
 
 
-def test_a_mount_whose_backend_was_killed_can_be_unmounted_and_remounted(bucket, mount_point):
+def test_a_mount_whose_backend_was_killed_is_replaced_by_the_next_mount(bucket, mount_point):
     first = mount.mount(bucket.name, mount_point, backend="rclone")
-    psutil.Process(first.pid).kill()  # e.g. the OOM killer during training
+    psutil.Process(first.pid).kill()  # e.g. the OOM killer during training (SIGKILL: no unmount)
     poll(lambda: not processes.registry.all(), 10, message="the killed rclone to be noticed")
     with pytest.raises(OSError):  # what the user sees: "Transport endpoint is not connected"
         os.listdir(mount_point)
 
-    with pytest.raises(MountPointBusy, match="--unmount"):
-        mount.mount(bucket.name, mount_point, backend="rclone")
+    again = mount.mount(bucket.name, mount_point, backend="rclone")  # cleans the dead mount first
+
+    assert again.pid != first.pid and not again.reused and os.listdir(mount_point) == []
+    assert len([line for line in Path("/proc/mounts").read_text().splitlines()
+                if line.split()[1] == str(mount_point)]) == 1
+
+
+def test_a_dead_mount_can_be_unmounted(bucket, mount_point):
+    first = mount.mount(bucket.name, mount_point, backend="rclone")
+    psutil.Process(first.pid).kill()
+    poll(lambda: not processes.registry.all(), 10, message="the killed rclone to be noticed")
+
     assert mount.unmount(mount_point).ours is False
     assert not mounted(mount_point)
 
-    again = mount.mount(bucket.name, mount_point, backend="rclone")
-    assert again.pid != first.pid and os.listdir(mount_point) == []
+
+def test_a_live_mount_of_someone_else_is_not_taken_over(gcs, bucket, mount_point):
+    mount_point.mkdir()
+    other = subprocess.Popen(["rclone", "mount", f"{mount.RCLONE_REMOTE}:{bucket.name}", str(mount_point)],
+                             env={**os.environ, **mount.rclone_command("rclone", bucket.name, mount_point,
+                                                                        session.current().auth)[1]},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: mounted(mount_point), 20, message="the other rclone mount")
+        with pytest.raises(MountPointBusy, match="already a mount point"):
+            mount.mount(bucket.name, mount_point, backend="rclone")
+        assert mounted(mount_point) and other.poll() is None
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mount_point)], check=False, timeout=30)
+        other.terminate()
+        other.wait(timeout=30)
 
 
 def test_magic_mount_point_with_spaces_quotes_and_dollar(ip, bucket, mount_point):

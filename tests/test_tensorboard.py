@@ -88,15 +88,14 @@ def test_tensorboard_serves_the_run_in_the_logdir(logdir):
     poll(lambda: "run1" in runs_listed(result.instance.url), 30, message="run1 in /data/runs")
 
 
-def test_second_start_reuses_the_live_instance_quickly(logdir):
+def test_second_start_reuses_the_live_instance(logdir):
+    # how fast a reuse is: benchmarks/bench_tunnel.py (re-run of the magic)
     first = tensorboard.start(logdir)
 
-    began = time.monotonic()
     again = tensorboard.start(logdir)
 
     assert isinstance(again, tensorboard.Reused)
     assert again.instance.port == first.instance.port and again.instance.pid == first.instance.pid
-    assert time.monotonic() - began < 0.5
     assert [i.pid for i in tensorboard.running()] == [first.instance.pid]
 
 
@@ -187,13 +186,14 @@ def test_magic_local_shows_link_lists_and_stops(ip, logdir, capsys):
     assert ip.run_line_magic("tensorboard_tunnel", "--list") == []
 
 
-def test_magic_rerun_for_running_logdir_is_fast(ip, logdir):
+def test_magic_rerun_for_running_logdir_reuses_it(ip, logdir):
+    # how fast a re-run is: benchmarks/bench_tunnel.py
     url = ip.run_line_magic("tensorboard_tunnel", f"{logdir} --provider local")
+    pids = [i.pid for i in tensorboard.running()]
 
-    began = time.monotonic()
     again = ip.run_line_magic("tensorboard_tunnel", f"{logdir} --provider local")
 
-    assert again == url and time.monotonic() - began < 0.5
+    assert again == url and [i.pid for i in tensorboard.running()] == pids and len(pids) == 1
 
 
 @pytest.mark.parametrize("line, message", [
@@ -225,3 +225,15 @@ def test_magic_passes_flags_after_double_dash_to_tensorboard(ip, logdir):
 
     status, body = get(url + "data/environment")
     assert status == 200 and json.loads(body)["window_title"] == "Run 7"
+
+
+@pytest.mark.parametrize("flags", [["--host", "0.0.0.0"], ["--host=0.0.0.0"], ["--bind_all"], ["--bind-all"],
+                                   ["--reload_interval", "5", "--hos", "::"]])
+def test_magic_refuses_flags_that_bind_beyond_loopback(ip, logdir, flags):
+    line = f"{logdir} --provider local -- " + " ".join(flags)
+
+    with pytest.raises(UsageError, match=r"is refused: TensorBoard listens on 127\.0\.0\.1 only.*tunnel") as caught:
+        ip.run_line_magic("tensorboard_tunnel", line)
+
+    assert "\n" not in str(caught.value)
+    assert tensorboard.running() == []

@@ -411,14 +411,14 @@ def test_magic_ngrok_link_credentials_once_and_stop(ip, ngrok_env, tmp_path, cap
     assert status == 200 and is_tensorboard_page(body)
     assert TOKEN not in all_cmdlines()
 
-    began = time.monotonic()
-    again = ip.run_line_magic("tensorboard_tunnel", f"{logdir} --provider ngrok")
-    assert again == url and time.monotonic() - began < 0.5
+    pids = [int(row[3]) for row in ip.run_line_magic("tensorboard_tunnel", "--list")]
+    again = ip.run_line_magic("tensorboard_tunnel", f"{logdir} --provider ngrok")  # speed: bench_tunnel.py
+    assert again == url
     assert password not in capsys.readouterr().out  # credentials are shown once
 
     listing = ip.run_line_magic("tensorboard_tunnel", "--list")
     assert {row[0] for row in listing} == {"tensorboard", "tunnel (ngrok)"}
-    pids = [int(row[3]) for row in listing]
+    assert [int(row[3]) for row in listing] == pids  # the same TensorBoard and agent: nothing new started
 
     ip.run_line_magic("tensorboard_tunnel", f"{logdir} --stop")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import secrets
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,36 +64,9 @@ class Reopened:
     tunnel: Tunnel
 
 
-class _Registry:
-    """The tunnels this interpreter opened; closed at shutdown."""
-
-    def __init__(self) -> None:
-        self._tunnels: list[Tunnel] = []
-        self._lock = threading.Lock()
-        self._hooked = False
-
-    def add(self, tunnel: Tunnel) -> None:
-        with self._lock:
-            self._tunnels.append(tunnel)
-            if not self._hooked:
-                session.current().on_shutdown(self.shutdown)
-                self._hooked = True
-
-    def remove(self, tunnel: Tunnel) -> None:
-        with self._lock:
-            self._tunnels = [t for t in self._tunnels if t is not tunnel]
-
-    def all(self) -> list[Tunnel]:
-        with self._lock:
-            return list(self._tunnels)
-
-    def shutdown(self) -> None:
-        for tunnel in self.all():
-            close_tunnel(tunnel)
-        self._hooked = False
-
-
-_registry = _Registry()
+def _registry():
+    """The tunnels this session opened, by (provider, url): `session.current().tunnels`."""
+    return session.current().tunnels
 
 
 def provider_module(name: str):
@@ -166,7 +138,7 @@ def validate(provider: str, options: TunnelOptions) -> None:
 
 def find_open(provider: str, port: int) -> Tunnel | None:
     """An open, live tunnel of `provider` to `port`; dead ones are closed and forgotten."""
-    for tunnel in _registry.all():
+    for tunnel in _registry().values():
         if tunnel.provider == provider and tunnel.port == port:
             if tunnel.alive():
                 return tunnel
@@ -187,7 +159,7 @@ def open_tunnel(provider: str, port: int, options: TunnelOptions | None = None,
         if existing is not None:
             close_tunnel(existing)
     tunnel = module.open(port, options)
-    _registry.add(tunnel)
+    _registry().add((tunnel.provider, tunnel.url), tunnel)
     return tunnel
 
 
@@ -207,17 +179,17 @@ def describe(opened: Tunnel | Reopened) -> list[str]:
 def close_tunnel(tunnel: Tunnel) -> None:
     """Close one tunnel and end its process."""
     provider_module(tunnel.provider).close(tunnel)
-    _registry.remove(tunnel)
+    _registry().remove((tunnel.provider, tunnel.url), tunnel)
 
 
 def open_tunnels(port: int | None = None) -> list[Tunnel]:
     """The live tunnels we opened (to `port` only, when given)."""
-    return [t for t in _registry.all() if t.alive() and (port is None or t.port == port)]
+    return [t for t in _registry().values() if t.alive() and (port is None or t.port == port)]
 
 
 def close_tunnels(port: int | None = None) -> list[Tunnel]:
     """Close every tunnel we opened (to `port` only, when given); return those closed."""
-    closing = [t for t in _registry.all() if port is None or t.port == port]
+    closing = [t for t in _registry().values() if port is None or t.port == port]
     for tunnel in closing:
         close_tunnel(tunnel)
     return closing

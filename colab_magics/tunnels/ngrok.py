@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from colab_magics import processes
+from colab_magics import processes, session
 from colab_magics.errors import MissingDependency, NoTunnelToken, TunnelError, TunnelInstallError
 from colab_magics.tunnels import Tunnel, TunnelOptions, credentials, ngrok_token
 
@@ -38,8 +38,9 @@ class _Agent:
     tunnels: int = 0
 
 
-_agents: dict[str, _Agent] = {}
-_lock = threading.Lock()
+def _agents():
+    """The agents this session runs, by binary path: `session.current().ngrok_agents`."""
+    return session.current().ngrok_agents
 
 
 class _Redact(logging.Filter):
@@ -127,12 +128,15 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
     remote = _bounded(lambda: ngrok.connect(addr=f"127.0.0.1:{port}", proto="http",
                                             pyngrok_config=agent.config, **tunnel_options),
                       agent, options.timeout, token)
-    with _lock:
+    with _agents().lock:
         agent.tunnels += 1
         if agent.tracked is None:
             proc = ngrok.get_ngrok_process(agent.config).proc
+            # pyngrok forks the agent itself, so it cannot die with us by PDEATHSIG: a guard ends it
+            # (and removes the token file) if this interpreter is killed
             agent.tracked = processes.registry.adopt(
-                processes.Tracked(name="ngrok", argv=list(proc.args), popen=proc))
+                processes.Tracked(name="ngrok", argv=list(proc.args), popen=proc),
+                guard=True, remove=[agent.config_dir])
     return Tunnel(url=remote.public_url, provider="ngrok", port=port,
                   auth_user=auth[0] if auth else None, auth_password=auth[1] if auth else None,
                   process=agent.tracked,
@@ -144,8 +148,8 @@ def close(tunnel: Tunnel) -> None:
     _, _, ngrok, process = _pyngrok()
     from pyngrok.exception import PyngrokError
 
-    with _lock:
-        agent = next((a for a in _agents.values() if a.tracked is tunnel.process), None)
+    with _agents().lock:
+        agent = next((a for a in _agents().values() if a.tracked is tunnel.process), None)
         if agent is None:
             return
         agent.tunnels -= 1
@@ -161,12 +165,12 @@ def close(tunnel: Tunnel) -> None:
 
 def _agent_for(path: Path, token: str, timeout: float) -> _Agent:
     conf, _, _, _ = _pyngrok()
-    with _lock:
-        agent = _agents.get(str(path))
+    with _agents().lock:
+        agent = _agents().get(str(path))
         if agent is not None and agent.tracked is not None and agent.tracked.alive():
             return agent
         if agent is not None:
-            _end_agent(agent, locked=True)
+            _end_agent(agent)
         config_dir = Path(tempfile.mkdtemp(prefix="colab-magics-ngrok-"))  # mode 0700
         config_path = config_dir / "ngrok.yml"
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -178,7 +182,7 @@ def _agent_for(path: Path, token: str, timeout: float) -> _Agent:
         config.auth_token = None  # else pyngrok adds `--authtoken TOKEN` to the agent's argv
         config.api_key = None
         agent = _Agent(config=config, config_dir=config_dir)
-        _agents[str(path)] = agent
+        _agents().add(str(path), agent)
         return agent
 
 
@@ -215,18 +219,19 @@ def _bounded(call, agent: _Agent, timeout: float, token: str):
     return outcome["value"]
 
 
-def _end_agent(agent: _Agent, locked: bool = False) -> None:
+def end_agents() -> None:
+    """End every agent of this session (and remove its token file), tunnels or not."""
+    for agent in _agents().values():
+        _end_agent(agent)
+
+
+def _end_agent(agent: _Agent) -> None:
     _, _, ngrok, _ = _pyngrok()
     ngrok.kill(agent.config)
     if agent.tracked is not None:
         processes.registry.stop(agent.tracked)
     shutil.rmtree(agent.config_dir, ignore_errors=True)
-    if locked:
-        _agents.pop(agent.config.ngrok_path, None)
-    else:
-        with _lock:
-            if _agents.get(agent.config.ngrok_path) is agent:
-                del _agents[agent.config.ngrok_path]
+    _agents().remove(agent.config.ngrok_path, agent)
 
 
 def _short(exc: BaseException) -> str:
