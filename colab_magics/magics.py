@@ -79,16 +79,17 @@ class ColabMagics(Magics):
     @line_magic
     @magic_arguments()
     @argument("project", nargs="?", help="Google Cloud project to use by default.")
-    @argument("--key-file", metavar="PATH", help="Service-account JSON key file.")
+    @argument("--key-file", metavar="PATH", help="Credentials JSON file: a service-account key, "
+                                                "gcloud's user credentials or a workload-identity config.")
     @argument("--emulator", action="store_true",
               help="Use the bundled local GCS emulator (started if not running): no account needed.")
     @expected_errors
     def gcs_auth(self, line: str = ""):
         """Authenticate to Google Cloud and set the default project for the other magics.
 
-        Order: the emulator (--emulator or STORAGE_EMULATOR_HOST) → --key-file (or
-        GOOGLE_APPLICATION_CREDENTIALS) → Colab's sign-in / Kaggle's integration → Application
-        Default Credentials.
+        Order: --key-file (any credentials file google-auth reads) or --emulator → an externally set
+        STORAGE_EMULATOR_HOST → GOOGLE_APPLICATION_CREDENTIALS → Colab's sign-in / Kaggle's Google
+        Cloud Services add-on → Application Default Credentials.
 
         Examples::
 
@@ -211,7 +212,7 @@ class ColabMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("logdir", nargs="?", help="Directory TensorBoard reads (created if missing).")
+    @argument("logdir", nargs="?", help="Directory TensorBoard reads (created if missing), or a gs:// URL.")
     @argument("--provider", help="ngrok | cloudflared | ssh | colab | local (default: see %%config "
                                  "ColabMagics.tunnel_provider).")
     @argument("--port", type=int, help="Local port for TensorBoard (another is used if it is busy).")
@@ -231,14 +232,16 @@ class ColabMagics(Magics):
     def tensorboard_tunnel(self, line: str = ""):
         """Start (or reuse) TensorBoard for LOGDIR and make it reachable; return the URL.
 
-        Flags after `--` go to TensorBoard unchanged. The ngrok tunnel asks for a password by
-        default (shown once, with the link); cloudflared quick tunnels cannot.
+        Flags after `--` go to TensorBoard unchanged. In Colab TensorBoard is shown in the output
+        (provider colab). The ngrok tunnel asks for a password by default (shown once, with the
+        link); cloudflared quick tunnels cannot. A gs:// LOGDIR is read by TensorBoard itself.
 
         Examples::
 
             %tensorboard_tunnel runs
             url = %tensorboard_tunnel runs --provider ngrok --auth me:long-password
             %tensorboard_tunnel runs --provider cloudflared
+            %tensorboard_tunnel gs://my-bucket/logs
             %tensorboard_tunnel runs --provider ssh --ssh me@myserver.example.com --remote-port 8080
             %tensorboard_tunnel runs -- --reload_interval 5 --samples_per_plugin images=100
             %tensorboard_tunnel --list
@@ -266,6 +269,7 @@ class ColabMagics(Magics):
         )
         served = tensorboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
                               port=args.port, extra_args=extra, timeout=self.tensorboard_timeout)
+        tensorboard.inline_view(served)
         show(served.link())
         return served.url
 

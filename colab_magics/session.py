@@ -21,6 +21,7 @@ class Session:
     """Credentials chosen by `%gcs_auth`, a cached storage client, and what to undo at exit."""
 
     auth: object | None = None  # colab_magics.auth.AuthInfo
+    emulator_host: str | None = None  # the emulator's URL when the credentials are the emulator's
     _client: object | None = None
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -32,6 +33,7 @@ class Session:
     def set_auth(self, info) -> None:
         with self._lock:
             self.auth = info
+            self.emulator_host = getattr(info, "emulator_host", None)
             self._client = None
 
     def storage_client(self):
@@ -42,6 +44,7 @@ class Session:
             if self._client is None:
                 if self.auth is None:
                     self.auth = auth.authenticate()
+                    self.emulator_host = self.auth.emulator_host
                 self._client = auth.make_client(self.auth)
             return self._client
 

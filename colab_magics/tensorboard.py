@@ -32,7 +32,7 @@ _BIND_FAILURE = "could not bind to port"
 class Instance:
     """A TensorBoard server we started: where its data comes from and where it answers."""
 
-    logdir: Path
+    logdir: Path | str  # a local directory, or a gs:// URL TensorBoard reads itself
     port: int
     extra_args: tuple[str, ...] = ()
     tracked: processes.Tracked | None = field(default=None, compare=False, repr=False)
@@ -69,24 +69,24 @@ class _Registry:
     """The TensorBoards this interpreter started, by (logdir, extra args); ended at shutdown."""
 
     def __init__(self) -> None:
-        self._instances: dict[tuple[Path, tuple[str, ...]], Instance] = {}
+        self._instances: dict[tuple[str, tuple[str, ...]], Instance] = {}
         self._lock = threading.Lock()
         self._hooked = False
 
     def add(self, instance: Instance) -> None:
         with self._lock:
-            self._instances[(instance.logdir, instance.extra_args)] = instance
+            self._instances[(logdir_key(instance.logdir), instance.extra_args)] = instance
             if not self._hooked:
                 session.current().on_shutdown(self.shutdown)
                 self._hooked = True
 
-    def get(self, logdir: Path, extra_args: tuple[str, ...]) -> Instance | None:
+    def get(self, logdir: Path | str, extra_args: tuple[str, ...]) -> Instance | None:
         with self._lock:
-            return self._instances.get((logdir, extra_args))
+            return self._instances.get((logdir_key(logdir), extra_args))
 
     def remove(self, instance: Instance) -> None:
         with self._lock:
-            key = (instance.logdir, instance.extra_args)
+            key = (logdir_key(instance.logdir), instance.extra_args)
             if self._instances.get(key) is instance:
                 del self._instances[key]
 
@@ -114,8 +114,26 @@ def port_is_free(port: int) -> bool:
 
 
 
-def resolve_logdir(logdir: str | Path) -> Path:
-    """The absolute logdir, created if missing; a parent that cannot be created is a LogDirError."""
+def is_remote(logdir: str | os.PathLike) -> bool:
+    """True for a gs:// logdir, which TensorBoard reads itself (through TensorFlow's file system)."""
+    return str(logdir).startswith("gs://")
+
+
+def logdir_key(logdir: str | os.PathLike) -> str:
+    """How a logdir is recognised again: a gs:// URL without a trailing slash, or an absolute path."""
+    if is_remote(logdir):
+        return str(logdir).rstrip("/")
+    return str(Path(logdir).expanduser().absolute())
+
+
+def resolve_logdir(logdir: str | os.PathLike) -> Path | str:
+    """The logdir to give TensorBoard: a gs:// URL as it is (its bucket name checked), else the
+    absolute local directory, created if missing (a parent that cannot be created is a LogDirError)."""
+    if is_remote(logdir):
+        from colab_magics import storage
+
+        storage.parse_url(str(logdir))  # a malformed bucket name is one line here, not in TensorBoard
+        return str(logdir)
     path = Path(logdir).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise LogDirError(f"logdir {path} is a file, not a directory: pass the directory your runs write to")
@@ -129,15 +147,14 @@ def resolve_logdir(logdir: str | Path) -> Path:
     return path
 
 
-def find(logdir: str | Path, extra_args: Sequence[str] = ()) -> Instance | None:
+def find(logdir: str | os.PathLike, extra_args: Sequence[str] = ()) -> Instance | None:
     """The running TensorBoard we started for `logdir` if it still answers; a dead one is forgotten."""
-    path = Path(logdir).expanduser().absolute()
-    instance = _registry.get(path, tuple(extra_args))
+    instance = _registry.get(logdir, tuple(extra_args))
     if instance is None:
         return None
     if instance.alive() and processes.http_ok(instance.url):
         return instance
-    log.info("TensorBoard for %s (port %d) no longer answers: starting a new one", path, instance.port)
+    log.info("TensorBoard for %s (port %d) no longer answers: starting a new one", logdir, instance.port)
     _stop_instance(instance)
     return None
 
@@ -148,7 +165,7 @@ def running() -> list[Instance]:
 
 
 def start(
-    logdir: str | Path,
+    logdir: str | os.PathLike,
     *,
     port: int | None = None,
     extra_args: Sequence[str] = (),
@@ -195,10 +212,10 @@ def start(
     raise AssertionError("unreachable")
 
 
-def stop(logdir: str | Path | None = None) -> list[Instance]:
+def stop(logdir: str | os.PathLike | None = None) -> list[Instance]:
     """End the TensorBoard(s) we started for `logdir` (every one when None); return those ended."""
-    path = Path(logdir).expanduser().absolute() if logdir is not None else None
-    ended = [i for i in _registry.all() if path is None or i.logdir == path]
+    key = logdir_key(logdir) if logdir is not None else None
+    ended = [i for i in _registry.all() if key is None or logdir_key(i.logdir) == key]
     for instance in ended:
         _stop_instance(instance)
     return ended
@@ -216,7 +233,7 @@ def _discard(tracked: processes.Tracked) -> None:
         tracked.log_path.unlink(missing_ok=True)
 
 
-def _launch(logdir: Path, port: int, extra: tuple[str, ...]) -> processes.Tracked:
+def _launch(logdir: Path | str, port: int, extra: tuple[str, ...]) -> processes.Tracked:
     argv = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
             "--host", "127.0.0.1", "--port", str(port), *extra]
     # Output goes to a file so the whole of it is there when TensorBoard dies (to explain why).
@@ -243,8 +260,9 @@ class Served:
 
     url: str
     provider: str
-    logdir: Path
+    logdir: Path | str
     notes: tuple[str, ...]
+    inline_port: int | None = None  # shown inside the cell's output too (Colab), see `inline_view`
 
     def link(self) -> Link:
         return Link(self.url, f"TensorBoard ({self.provider}) for {self.logdir}", self.notes)
@@ -273,7 +291,20 @@ def serve(
     lines = tunnels.describe(opened) + list(notes)
     if getattr(started, "note", None):
         lines.append(started.note)
-    return Served(tunnel.url, provider, started.instance.logdir, tuple(lines))
+    return Served(tunnel.url, provider, started.instance.logdir, tuple(lines),
+                  inline_port=tunnel.port if tunnel.inline else None)
+
+
+INLINE_PATH = "/?tensorboardColab=true"  # what TensorBoard's own %tensorboard opens in Colab
+INLINE_HEIGHT = 800
+
+
+def inline_view(served: Served) -> None:
+    """Show TensorBoard inside the cell's output, as TensorBoard's `%tensorboard` does in Colab."""
+    from colab_magics import hosted
+
+    if served.inline_port is not None:
+        hosted.colab_serve_port(served.inline_port, path=INLINE_PATH, height=INLINE_HEIGHT)
 
 
 @dataclass(frozen=True)
