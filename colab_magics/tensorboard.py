@@ -238,7 +238,14 @@ def _launch(logdir: Path | str, port: int, extra: tuple[str, ...]) -> processes.
             "--host", "127.0.0.1", "--port", str(port), *extra]
     # Output goes to a file so the whole of it is there when TensorBoard dies (to explain why).
     log_path = Path(tempfile.gettempdir()) / "colab_magics" / f"tensorboard-{port}-{time.time_ns()}.log"
-    return processes.registry.start(argv, name=f"tensorboard:{port}", log_path=log_path)
+    return processes.registry.start(argv, name=f"tensorboard:{port}", log_path=log_path,
+                                    env=_credentials_env(logdir))
+
+
+def _credentials_env(logdir: Path | str) -> dict[str, str]:
+    """TensorBoard reads a gs:// logdir itself: hand it the credentials file `%gcs_auth` chose, if any."""
+    key_file = getattr(session.current().auth, "key_file", None)
+    return {"GOOGLE_APPLICATION_CREDENTIALS": key_file} if is_remote(logdir) and key_file else {}
 
 
 def _require_tensorboard() -> None:

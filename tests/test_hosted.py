@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -175,22 +177,23 @@ class StubMetadata(BaseHTTPRequestHandler):
     ("vm-runner@my-project.iam.gserviceaccount.com", "vm-runner@my-project.iam.gserviceaccount.com"),
     (None, "the VM's service account"),
 ])
-def test_metadata_server_credentials_name_a_real_identity(no_emulator, tmp_path, monkeypatch, email, identity):
+def test_metadata_server_credentials_name_a_real_identity(tmp_path, email, identity):
     handler = type("Handler", (StubMetadata,), {"email": email})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     address = f"127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("GCE_METADATA_HOST", address)
-    monkeypatch.setenv("GCE_METADATA_IP", address)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no gcloud ADC file to find first
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    # google-auth reads GCE_METADATA_HOST when it is imported: ask from a fresh interpreter.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "COLAB_RELEASE_TAG")}
+    env.update(GCE_METADATA_HOST=address, GCE_METADATA_IP=address, HOME=str(tmp_path),
+               CLOUDSDK_CONFIG=str(tmp_path / "gcloud"))
+    code = "from colab_magics import auth; i = auth.authenticate(); print(i.credential_type, '|', i.identity)"
     try:
-        info = auth.authenticate()
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     finally:
         server.shutdown()
 
-    assert info.credential_type == "compute_engine"
-    assert info.identity == identity and info.identity != "default"
+    assert result.stdout.strip() == f"compute_engine | {identity}", result.stderr[-2000:]
 
 
 def test_no_credentials_at_all_is_one_line(no_emulator, tmp_path, monkeypatch):
