@@ -344,7 +344,8 @@ class ColabMagics(Magics):
         A new step is archived (as RUN.STEP.zip, like %gcs_save) at most once per --every; when
         the cell ends — normally, with an error or by the Stop button — the newest step is archived
         before the cell's exception is raised again, unchanged. Upload failures are logged and
-        retried; they never stop training. Non-chief workers (TF_CONFIG, RANK) archive nothing.
+        retried; they never stop training. Non-chief workers (TF_CONFIG, RANK, Horovod, MPI, SLURM,
+        JAX multi-host, torch.distributed: see colab_magics.workers) archive nothing.
         SIGTERM and interpreter exit during the cell also archive the newest step first.
 
         Examples::
