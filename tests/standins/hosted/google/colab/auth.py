@@ -6,7 +6,8 @@ project_id it sets GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_QUOTA_PROJECT; on a man
 valid user credentials already in place → returns; else it asks the frontend to sign the user in,
 writes their *user* credentials (type authorized_user) to $DATALAB_ROOT/content/.adc/adc.json,
 points GOOGLE_APPLICATION_CREDENTIALS there, and raises errors.AuthorizationError when that fails.
-The frontend's answer is the `request_auth` handler of `_message.frontend` (True: signed in).
+The frontend's answer is the `request_auth` handler of `_message.frontend` (True: signed in); as
+upstream, that request has no timeout (the stand-in channel fails loudly instead of hanging).
 """
 
 import json as _json
@@ -43,7 +44,7 @@ def authenticate_user(clear_output=True, project_id=None):
   if _check_adc():
     return
   _os.environ['GOOGLE_APPLICATION_CREDENTIALS'] = _get_adc_path()
-  if _message.blocking_request('request_auth', {'authType': 'auth_user_ephemeral'}, timeout_sec=60):
+  if _message.blocking_request('request_auth', {'authType': 'auth_user_ephemeral'}, timeout_sec=None):
     _os.makedirs(_os.path.dirname(_get_adc_path()), exist_ok=True)
     with open(_get_adc_path(), 'w') as f:
       _json.dump({'type': 'authorized_user', 'client_id': 'standin.apps.googleusercontent.com',
