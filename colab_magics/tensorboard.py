@@ -115,7 +115,7 @@ def port_is_free(port: int) -> bool:
 
 
 def is_remote(logdir: str | os.PathLike) -> bool:
-    """True for a gs:// logdir, which TensorBoard reads itself (through TensorFlow's file system)."""
+    """True for a gs:// logdir, which TensorBoard reads itself (its data server, or TensorFlow's gfile)."""
     return str(logdir).startswith("gs://")
 
 
