@@ -11,7 +11,6 @@ reset costs at most one interval of work.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from colab_magics import workers
 from colab_magics.errors import ColabMagicsError, InvalidInterval, NoCheckpointFound, RunDirError
 
 log = logging.getLogger(__name__)
@@ -47,40 +47,9 @@ def parse_interval(text: str | float | int) -> float:
     return seconds
 
 
-# --- who archives in multi-worker training ------------------------------------------------------
-def not_chief_reason(environ: dict | None = None) -> str | None:
-    """Why this process is not the one that should archive, or None when it is (or runs alone).
-
-    TF_CONFIG: the `chief` (or `master`) task archives; without one, worker 0 does. Otherwise
-    RANK (or LOCAL_RANK when RANK is unset) must be 0, as torchrun / accelerate / Horovod set them.
-    """
-    env = os.environ if environ is None else environ
-    raw = env.get("TF_CONFIG")
-    if raw:
-        try:
-            config = json.loads(raw)
-        except ValueError:
-            log.warning("TF_CONFIG is not valid JSON; archiving as if this were the chief")
-            config = {}
-        task = config.get("task") or {}
-        kind, index = str(task.get("type") or ""), int(task.get("index") or 0)
-        cluster = config.get("cluster") or {}
-        if kind in ("chief", "master"):
-            return None
-        if kind == "worker" and index == 0 and not ({"chief", "master"} & set(cluster)):
-            return None
-        if kind:
-            return f"TF_CONFIG task is {kind}:{index}"
-    for name in ("RANK", "LOCAL_RANK"):
-        value = (env.get(name) or "").strip()
-        if value:
-            return None if value == "0" else f"{name}={value}"
-    return None
-
-
-def is_chief(environ: dict | None = None) -> bool:
-    """True when this process should archive (see `not_chief_reason`)."""
-    return not_chief_reason(environ) is None
+# --- who archives in multi-worker training: colab_magics.workers (kept here under the old names)
+not_chief_reason = workers.not_chief_reason
+is_chief = workers.is_chief
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -159,7 +128,7 @@ class Archiver:
         """Start watching (or, on a non-chief worker, log one line and do nothing)."""
         if self._thread is not None:
             return self
-        reason = not_chief_reason()
+        reason = workers.not_chief_reason()
         if reason:
             log.info("not the chief worker (%s): archiving of %s skipped", reason, self.run_dir)
             self._summary = _replace(self._summary, skipped=f"not the chief worker ({reason})")

@@ -1,8 +1,10 @@
-"""Which credentials and which project the other magics use.
+"""Which credentials, which endpoint and which project the other magics use.
 
-Order: the local emulator (`STORAGE_EMULATOR_HOST`, or `emulator=True` which starts the bundled one)
-→ a service-account key file → Colab's user sign-in (Kaggle's GCS integration on Kaggle) →
-Application Default Credentials.
+Explicit beats implicit. Order: `--key-file` (a credentials file of any type google-auth reads) or
+`--emulator` (the bundled local emulator) → an externally set `STORAGE_EMULATOR_HOST` →
+`GOOGLE_APPLICATION_CREDENTIALS` → Colab's sign-in (Kaggle's Google Cloud integration on Kaggle) →
+Application Default Credentials. The emulator's address lives in the returned `AuthInfo` (and the
+session), never in `os.environ`, so a later `%gcs_auth PROJECT --key-file K` really leaves it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import logging
 import os
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,18 @@ log = logging.getLogger(__name__)
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 EMULATOR_PROJECT = emulator_mod.PROJECT
+GCS_ENDPOINT = "https://storage.googleapis.com"
+METADATA_TIMEOUT = 2.0  # seconds to ask the metadata server whose VM service account this is
+_TYPES_BY_MODULE = {  # credential classes of google.auth.default() → the file "type" they come from
+    "google.oauth2.service_account": "service_account",
+    "google.oauth2.credentials": "authorized_user",
+    "google.auth.identity_pool": "external_account",
+    "google.auth.aws": "external_account",
+    "google.auth.pluggable": "external_account",
+    "google.auth.external_account_authorized_user": "external_account_authorized_user",
+    "google.auth.impersonated_credentials": "impersonated_service_account",
+    "google.auth.compute_engine.credentials": "compute_engine",
+}
 
 
 def no_credentials_help() -> str:
@@ -35,15 +52,16 @@ def no_credentials_help() -> str:
 
 @dataclass(frozen=True)
 class AuthInfo:
-    """The credentials in use and whom they belong to."""
+    """The credentials in use, whom they belong to, and where requests go."""
 
-    method: str  # "emulator", "service-account", "colab", "kaggle" or "adc"
+    method: str  # "emulator", "service-account" or "key-file" (a file), "colab", "kaggle" or "adc"
     identity: str
     project: str | None
     credentials: object = field(repr=False, compare=False, default=None)
-    emulator_host: str | None = None
+    emulator_host: str | None = None  # the emulator's URL when method == "emulator"
     emulator_started: bool = False
     key_file: str | None = None  # for tools that take a key path (rclone, gcsfuse); never its content
+    credential_type: str | None = None  # "service_account", "authorized_user", "external_account", …
 
 
 def authenticate(
@@ -53,18 +71,25 @@ def authenticate(
     emulator: bool = False,
     emulator_root: str | os.PathLike | None = None,
 ) -> AuthInfo:
-    """Find credentials in the documented order and return who and which project they are."""
-    if emulator or os.environ.get("STORAGE_EMULATOR_HOST"):
-        return _emulator_auth(project, start=emulator, root=emulator_root)
-    key_file = key_file or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    """Find credentials in the documented order and return who they are and where requests go."""
+    if key_file and emulator:
+        raise AuthError("--key-file and --emulator contradict each other: pass one of them")
     if key_file:
-        return _key_file_auth(Path(key_file).expanduser(), project)
-    if hosted.in_colab():
-        hosted.colab_authenticate_user()
+        return _file_auth(Path(key_file).expanduser(), project)
+    if emulator:
+        return _emulator_auth(project, start=True, root=emulator_root)
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return _emulator_auth(project, start=False, root=None)
+    env_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if hosted.in_colab() and (not env_file or env_file == hosted.colab_adc_path()):
+        hosted.colab_authenticate_user(project)  # returns at once when its credentials are valid
         return _adc_auth(project, method="colab")
+    if env_file:
+        return _file_auth(Path(env_file).expanduser(), project)
     if hosted.in_kaggle():
         credentials = hosted.kaggle_gcs_credentials()
-        return AuthInfo("kaggle", "Kaggle Google Cloud integration", project or _env_project(), credentials)
+        return AuthInfo("kaggle", "your Google account (Kaggle's Google Cloud Services integration)",
+                        project or _env_project(), credentials)
     return _adc_auth(project, method="adc")
 
 
@@ -87,14 +112,17 @@ def sign_in(
 
 
 def make_client(info: AuthInfo):
-    """A storage client for `info` (anonymous against the emulator)."""
+    """A storage client for `info`: its endpoint is explicit, whatever STORAGE_EMULATOR_HOST says."""
     from google.cloud import storage
 
     if info.method == "emulator":
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=info.project or EMULATOR_PROJECT, credentials=AnonymousCredentials())
-    return storage.Client(project=info.project, credentials=info.credentials)
+        return storage.Client(project=info.project or EMULATOR_PROJECT, credentials=AnonymousCredentials(),
+                              client_options={"api_endpoint": info.emulator_host})
+    # The library itself would send these credentials to an emulator named in the environment.
+    options = {"api_endpoint": GCS_ENDPOINT} if os.environ.get("STORAGE_EMULATOR_HOST") else None
+    return storage.Client(project=info.project, credentials=info.credentials, client_options=options)
 
 
 def set_gcloud_project(project: str) -> bool:
@@ -115,6 +143,27 @@ def set_gcloud_project(project: str) -> bool:
     return result.returncode == 0
 
 
+def identity_of(credentials, credential_type: str | None = None) -> str:
+    """Whom `credentials` act as, in words: a service-account e-mail, or "your Google account (TYPE)"."""
+    kind = credential_type or credential_type_of(credentials)
+    if kind == "compute_engine":
+        return _metadata_email() or "the VM's service account"
+    email = getattr(credentials, "service_account_email", None)
+    if email and email != "default":
+        return str(email)
+    if kind in ("authorized_user", "external_account_authorized_user"):
+        account = getattr(credentials, "account", None)
+        return f"your Google account ({account or kind})"
+    if kind == "external_account":
+        return "a workload-identity federation principal (external_account)"
+    return f"your Google account ({kind or type(credentials).__name__})"
+
+
+def credential_type_of(credentials) -> str | None:
+    """The credentials file "type" a google-auth credentials object comes from."""
+    return _TYPES_BY_MODULE.get(type(credentials).__module__)
+
+
 def _env_project() -> str | None:
     return os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
 
@@ -125,7 +174,6 @@ def _emulator_auth(project: str | None, *, start: bool, root) -> AuthInfo:
     if start and not (host and emulator_mod.answers(host)):
         running = emulator_mod.ensure_running(root)
         host, started = running.host, running.started
-        os.environ["STORAGE_EMULATOR_HOST"] = host
     from google.auth.credentials import AnonymousCredentials
 
     return AuthInfo(
@@ -133,35 +181,45 @@ def _emulator_auth(project: str | None, *, start: bool, root) -> AuthInfo:
         identity=f"anonymous (local emulator at {host})",
         project=project or _env_project() or EMULATOR_PROJECT,
         credentials=AnonymousCredentials(),
-        emulator_host=host,
+        emulator_host=host.rstrip("/"),
         emulator_started=started,
     )
 
 
-def _key_file_auth(path: Path, project: str | None) -> AuthInfo:
-    if not path.is_file():
-        raise AuthError(f"service-account key file {path} not found: check the path")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise AuthError(f"{path} is not a JSON key file: download a key for a service account") from None
-    if info.get("type") != "service_account":
-        raise AuthError(
-            f"{path} is not a service-account key (type {info.get('type')!r}): "
-            "create one under IAM → Service accounts → Keys"
-        )
-    from google.oauth2 import service_account
+def _file_auth(path: Path, project: str | None) -> AuthInfo:
+    """Credentials from a file of any type google-auth reads (as google.auth.default would)."""
+    import google.auth
+    from google.auth import exceptions
 
+    if not path.is_file():
+        raise AuthError(f"credentials file {path} not found: check the path")
     try:
-        credentials = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
-    except (ValueError, KeyError):
-        raise AuthError(f"{path} is not a usable service-account key: download a new key") from None
+        kind = json.loads(path.read_text()).get("type")
+    except (OSError, ValueError, AttributeError):
+        raise AuthError(f"{path} is not a JSON credentials file: download a service-account key "
+                        f"(IAM → Service accounts → Keys)") from None
+    try:
+        with warnings.catch_warnings():
+            # google-auth warns about files from untrusted sources; this one is the user's own choice.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            credentials, file_project = google.auth.load_credentials_from_file(str(path), scopes=SCOPES)
+    except exceptions.DefaultCredentialsError as exc:
+        raise AuthError(
+            f"{path} is not a credentials file google-auth can use (type {kind!r}): use a "
+            f"service-account key, gcloud's application_default_credentials.json or a "
+            f"workload-identity configuration ({_first_line(exc)})"
+        ) from None
+    except (exceptions.RefreshError, exceptions.TransportError) as exc:  # external_account asks STS at once
+        raise AuthError(f"the {kind} credentials in {path} could not get a token: "
+                        f"{_first_line(exc)}") from None
+    quota_project = getattr(credentials, "quota_project_id", None)
     return AuthInfo(
-        "service-account",
-        info.get("client_email", "service account"),
-        project or info.get("project_id") or _env_project(),
+        "service-account" if kind == "service_account" else "key-file",
+        identity_of(credentials, kind),
+        project or file_project or quota_project or _env_project(),
         credentials,
         key_file=str(path),
+        credential_type=kind,
     )
 
 
@@ -173,5 +231,25 @@ def _adc_auth(project: str | None, *, method: str) -> AuthInfo:
         credentials, default_project = google.auth.default(scopes=SCOPES)
     except DefaultCredentialsError:
         raise NoCredentials(no_credentials_help()) from None
-    identity = getattr(credentials, "service_account_email", None) or "your Google account"
-    return AuthInfo(method, identity, project or default_project or _env_project(), credentials)
+    kind = credential_type_of(credentials)
+    return AuthInfo(method, identity_of(credentials, kind), project or default_project or _env_project(),
+                    credentials, credential_type=kind)
+
+
+def _metadata_email() -> str | None:
+    """The VM's default service account e-mail from the metadata server, or None (bounded wait)."""
+    host = os.environ.get("GCE_METADATA_HOST") or "metadata.google.internal"
+    request = urllib.request.Request(
+        f"http://{host}/computeMetadata/v1/instance/service-accounts/default/email",
+        headers={"Metadata-Flavor": "Google"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=METADATA_TIMEOUT) as response:
+            return response.read().decode().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

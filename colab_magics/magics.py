@@ -108,16 +108,17 @@ class ColabMagics(Magics):
     @line_magic
     @magic_arguments()
     @argument("project", nargs="?", help="Google Cloud project to use by default.")
-    @argument("--key-file", metavar="PATH", help="Service-account JSON key file.")
+    @argument("--key-file", metavar="PATH", help="Credentials JSON file: a service-account key, "
+                                                "gcloud's user credentials or a workload-identity config.")
     @argument("--emulator", action="store_true",
               help="Use the bundled local GCS emulator (started if not running): no account needed.")
     @expected_errors
     def gcs_auth(self, line: str | Sequence[str] = ""):
         """Authenticate to Google Cloud and set the default project for the other magics.
 
-        Order: the emulator (--emulator or STORAGE_EMULATOR_HOST) → --key-file (or
-        GOOGLE_APPLICATION_CREDENTIALS) → Colab's sign-in / Kaggle's integration → Application
-        Default Credentials.
+        Order: --key-file (any credentials file google-auth reads) or --emulator → an externally set
+        STORAGE_EMULATOR_HOST → GOOGLE_APPLICATION_CREDENTIALS → Colab's sign-in / Kaggle's Google
+        Cloud Services add-on → Application Default Credentials.
 
         Examples::
 
@@ -243,7 +244,7 @@ class ColabMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("logdir", nargs="?", help="Directory TensorBoard reads (created if missing).")
+    @argument("logdir", nargs="?", help="Directory TensorBoard reads (created if missing), or a gs:// URL.")
     @argument("--provider", help="ngrok | cloudflared | ssh | colab | local (default: the tunnel_provider "
                                  "setting, else colab in Colab, ngrok when NGROK_AUTHTOKEN is set, else local).")
     @argument("--port", type=int, help="Local port for TensorBoard (another is used if it is busy).")
@@ -263,14 +264,16 @@ class ColabMagics(Magics):
     def tensorboard_tunnel(self, line: str | Sequence[str] = ""):
         """Start (or reuse) TensorBoard for LOGDIR and make it reachable; return the URL.
 
-        Flags after `--` go to TensorBoard unchanged. The ngrok tunnel asks for a password by
-        default (shown once, with the link); cloudflared quick tunnels cannot.
+        Flags after `--` go to TensorBoard unchanged. In Colab TensorBoard is shown in the output
+        (provider colab). The ngrok tunnel asks for a password by default (shown once, with the
+        link); cloudflared quick tunnels cannot. A gs:// LOGDIR is read by TensorBoard itself.
 
         Examples::
 
             %tensorboard_tunnel runs
             url = %tensorboard_tunnel runs --provider ngrok --auth me:long-password
             %tensorboard_tunnel runs --provider cloudflared
+            %tensorboard_tunnel gs://my-bucket/logs
             %tensorboard_tunnel runs --provider ssh --ssh me@myserver.example.com --remote-port 8080
             %tensorboard_tunnel runs -- --reload_interval 5 --samples_per_plugin images=100
             %tensorboard_tunnel --list
@@ -298,6 +301,7 @@ class ColabMagics(Magics):
         )
         served = tensorboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
                               port=args.port, extra_args=extra, timeout=self.tensorboard_timeout)
+        tensorboard.inline_view(served)
         show(served.link())
         return served.url
 
@@ -372,7 +376,8 @@ class ColabMagics(Magics):
         A new step is archived (as RUN.STEP.zip, like %gcs_save) at most once per --every; when
         the cell ends — normally, with an error or by the Stop button — the newest step is archived
         before the cell's exception is raised again, unchanged. Upload failures are logged and
-        retried; they never stop training. Non-chief workers (TF_CONFIG, RANK) archive nothing.
+        retried; they never stop training. Non-chief workers (TF_CONFIG, RANK, Horovod, MPI, SLURM,
+        JAX multi-host, torch.distributed: see colab_magics.workers) archive nothing.
         SIGTERM and interpreter exit during the cell also archive the newest step first.
 
         Examples::

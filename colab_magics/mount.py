@@ -300,7 +300,7 @@ def rclone_command(executable: str, bucket: str, target: Path, info, *, only_dir
                          f"use  {hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}  with a service-account key")
     else:
         env[prefix + "ENV_AUTH"] = "true"
-        env.update(_adc_file_env())
+        env.update(_adc_file_env(info))
     return argv, env
 
 
@@ -322,7 +322,7 @@ def gcsfuse_command(executable: str, bucket: str, target: Path, info, *, only_di
         raise MountError("Kaggle's Google Cloud integration cannot be handed to a mount: "
                          f"use  {hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}  with a service-account key")
     else:
-        env.update(_adc_file_env())
+        env.update(_adc_file_env(info))
     argv += [bucket, str(target)]
     return argv, env
 
@@ -433,8 +433,11 @@ def _key_file(info) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _adc_file_env() -> dict[str, str]:
-    """Point Go programs at gcloud's ADC file when gcloud keeps it somewhere non-standard (Colab)."""
+def _adc_file_env(info=None) -> dict[str, str]:
+    """Point Go programs at the credentials file `%gcs_auth` used (any type), else at gcloud's ADC
+    file when gcloud keeps it somewhere non-standard (Colab)."""
+    if getattr(info, "key_file", None):
+        return {"GOOGLE_APPLICATION_CREDENTIALS": info.key_file}
     if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
         return {}
     config = os.environ.get("CLOUDSDK_CONFIG")

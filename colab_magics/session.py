@@ -73,6 +73,7 @@ class Session:
 
     auth: object | None = None  # colab_magics.auth.AuthInfo
     interface: str = "magic"  # "cli" inside colab-magics: messages then name CLI commands (errors.hint)
+    emulator_host: str | None = None  # the emulator's URL when the credentials are the emulator's
     _client: object | None = None
     #: every child process (TensorBoard, tunnel agents, rclone/gcsfuse, helpers, the emulator)
     processes: ProcessRegistry = field(default_factory=ProcessRegistry)
@@ -104,6 +105,7 @@ class Session:
     def set_auth(self, info) -> None:
         with self._lock:
             self.auth = info
+            self.emulator_host = getattr(info, "emulator_host", None)
             self._client = None
 
     def storage_client(self):
@@ -114,6 +116,7 @@ class Session:
             if self._client is None:
                 if self.auth is None:
                     self.auth = auth.authenticate()
+                    self.emulator_host = self.auth.emulator_host
                 self._client = auth.make_client(self.auth)
             return self._client
 

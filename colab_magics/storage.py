@@ -116,9 +116,9 @@ def _not_found_message(target, exc) -> str:
 
 
 def _endpoint() -> str:
-    import os
+    from colab_magics import session
 
-    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    host = session.current().emulator_host
     return f"the storage emulator at {host}" if host else "Cloud Storage"
 
 

@@ -33,7 +33,7 @@ _BINDING_FLAGS = ("--host", "--bind_all", "--bind-all")
 class Instance:
     """A TensorBoard server we started: where its data comes from and where it answers."""
 
-    logdir: Path
+    logdir: Path | str  # a local directory, or a gs:// URL TensorBoard reads itself
     port: int
     extra_args: tuple[str, ...] = ()
     tracked: processes.Tracked | None = field(default=None, compare=False, repr=False)
@@ -82,8 +82,26 @@ def port_is_free(port: int) -> bool:
 
 
 
-def resolve_logdir(logdir: str | Path) -> Path:
-    """The absolute logdir, created if missing; a parent that cannot be created is a LogDirError."""
+def is_remote(logdir: str | os.PathLike) -> bool:
+    """True for a gs:// logdir, which TensorBoard reads itself (its data server, or TensorFlow's gfile)."""
+    return str(logdir).startswith("gs://")
+
+
+def logdir_key(logdir: str | os.PathLike) -> str:
+    """How a logdir is recognised again: a gs:// URL without a trailing slash, or an absolute path."""
+    if is_remote(logdir):
+        return str(logdir).rstrip("/")
+    return str(Path(logdir).expanduser().absolute())
+
+
+def resolve_logdir(logdir: str | os.PathLike) -> Path | str:
+    """The logdir to give TensorBoard: a gs:// URL as it is (its bucket name checked), else the
+    absolute local directory, created if missing (a parent that cannot be created is a LogDirError)."""
+    if is_remote(logdir):
+        from colab_magics import storage
+
+        storage.parse_url(str(logdir))  # a malformed bucket name is one line here, not in TensorBoard
+        return str(logdir)
     path = Path(logdir).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise LogDirError(f"logdir {path} is a file, not a directory: pass the directory your runs write to")
@@ -111,15 +129,14 @@ def check_extra_args(extra_args: Sequence[str]) -> None:
             )
 
 
-def find(logdir: str | Path, extra_args: Sequence[str] = ()) -> Instance | None:
+def find(logdir: str | os.PathLike, extra_args: Sequence[str] = ()) -> Instance | None:
     """The running TensorBoard we started for `logdir` if it still answers; a dead one is forgotten."""
-    path = Path(logdir).expanduser().absolute()
-    instance = _registry().get((path, tuple(extra_args)))
+    instance = _registry().get((logdir_key(logdir), tuple(extra_args)))
     if instance is None:
         return None
     if instance.alive() and processes.http_ok(instance.url):
         return instance
-    log.info("TensorBoard for %s (port %d) no longer answers: starting a new one", path, instance.port)
+    log.info("TensorBoard for %s (port %d) no longer answers: starting a new one", logdir, instance.port)
     _stop_instance(instance)
     return None
 
@@ -130,7 +147,7 @@ def running() -> list[Instance]:
 
 
 def start(
-    logdir: str | Path,
+    logdir: str | os.PathLike,
     *,
     port: int | None = None,
     extra_args: Sequence[str] = (),
@@ -160,7 +177,7 @@ def start(
         if processes.wait_until(lambda: processes.http_ok(f"http://127.0.0.1:{chosen}/", 1.0),
                                 timeout=timeout, tracked=tracked):
             instance = Instance(logdir=path, port=chosen, extra_args=extra, tracked=tracked)
-            _registry().add((instance.logdir, instance.extra_args), instance)
+            _registry().add((logdir_key(instance.logdir), instance.extra_args), instance)
             return Launched(instance, time.monotonic() - began, note)
         died = not tracked.alive()
         tail = tracked.output_tail()
@@ -178,10 +195,10 @@ def start(
     raise AssertionError("unreachable")
 
 
-def stop(logdir: str | Path | None = None) -> list[Instance]:
+def stop(logdir: str | os.PathLike | None = None) -> list[Instance]:
     """End the TensorBoard(s) we started for `logdir` (every one when None); return those ended."""
-    path = Path(logdir).expanduser().absolute() if logdir is not None else None
-    ended = [i for i in _registry().values() if path is None or i.logdir == path]
+    key = logdir_key(logdir) if logdir is not None else None
+    ended = [i for i in _registry().values() if key is None or logdir_key(i.logdir) == key]
     for instance in ended:
         _stop_instance(instance)
     return ended
@@ -190,7 +207,7 @@ def stop(logdir: str | Path | None = None) -> list[Instance]:
 def _stop_instance(instance: Instance) -> None:
     if instance.tracked is not None:
         _discard(instance.tracked)
-    _registry().remove((instance.logdir, instance.extra_args), instance)
+    _registry().remove((logdir_key(instance.logdir), instance.extra_args), instance)
 
 
 def _discard(tracked: processes.Tracked) -> None:
@@ -199,12 +216,19 @@ def _discard(tracked: processes.Tracked) -> None:
         tracked.log_path.unlink(missing_ok=True)
 
 
-def _launch(logdir: Path, port: int, extra: tuple[str, ...]) -> processes.Tracked:
+def _launch(logdir: Path | str, port: int, extra: tuple[str, ...]) -> processes.Tracked:
     argv = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
             "--host", "127.0.0.1", "--port", str(port), *extra]
     # Output goes to a file so the whole of it is there when TensorBoard dies (to explain why).
     log_path = Path(tempfile.gettempdir()) / "colab_magics" / f"tensorboard-{port}-{time.time_ns()}.log"
-    return processes.registry.start(argv, name=f"tensorboard:{port}", log_path=log_path)
+    return processes.registry.start(argv, name=f"tensorboard:{port}", log_path=log_path,
+                                    env=_credentials_env(logdir))
+
+
+def _credentials_env(logdir: Path | str) -> dict[str, str]:
+    """TensorBoard reads a gs:// logdir itself: hand it the credentials file `%gcs_auth` chose, if any."""
+    key_file = getattr(session.current().auth, "key_file", None)
+    return {"GOOGLE_APPLICATION_CREDENTIALS": key_file} if is_remote(logdir) and key_file else {}
 
 
 def _require_tensorboard() -> None:
@@ -226,8 +250,9 @@ class Served:
 
     url: str
     provider: str
-    logdir: Path
+    logdir: Path | str
     notes: tuple[str, ...]
+    inline_port: int | None = None  # shown inside the cell's output too (Colab), see `inline_view`
 
     def link(self) -> Link:
         return Link(self.url, f"TensorBoard ({self.provider}) for {self.logdir}", self.notes)
@@ -257,7 +282,20 @@ def serve(
     lines = tunnels.describe(opened) + list(notes)
     if getattr(started, "note", None):
         lines.append(started.note)
-    return Served(tunnel.url, provider, started.instance.logdir, tuple(lines))
+    return Served(tunnel.url, provider, started.instance.logdir, tuple(lines),
+                  inline_port=tunnel.port if tunnel.inline else None)
+
+
+INLINE_PATH = "/?tensorboardColab=true"  # what TensorBoard's own %tensorboard opens in Colab
+INLINE_HEIGHT = 800
+
+
+def inline_view(served: Served) -> None:
+    """Show TensorBoard inside the cell's output, as TensorBoard's `%tensorboard` does in Colab."""
+    from colab_magics import hosted
+
+    if served.inline_port is not None:
+        hosted.colab_serve_port(served.inline_port, path=INLINE_PATH, height=INLINE_HEIGHT)
 
 
 @dataclass(frozen=True)

@@ -557,7 +557,8 @@ def test_gcs_auth_emulator_starts_the_bundled_emulator_and_unload_ends_it(shell,
         info = session.current().auth
         assert info.method == "emulator" and info.emulator_started
         assert "local emulator" in capsys.readouterr().out
-        assert emulator.answers(os.environ["STORAGE_EMULATOR_HOST"])
+        assert emulator.answers(info.emulator_host)
+        assert "STORAGE_EMULATOR_HOST" not in os.environ  # the endpoint is the session's, not a global
         pid = emulator.ensure_running(tmp_path / "emu").pid  # reused, not a second one
         assert psutil.pid_exists(pid)
         write(tmp_path / "run1" / "model-1.keras", 100)
@@ -585,11 +586,12 @@ def test_gcs_auth_without_credentials_says_which_options_exist(ip, monkeypatch, 
 
 def test_gcs_auth_with_a_bad_key_file(ip, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    key = tmp_path / "key.json"
-    key.write_text('{"type": "authorized_user", "refresh_token": "SECRET-TOKEN"}')
+    key = tmp_path / "key.json"  # an OAuth client secret, not credentials
+    key.write_text('{"installed": {"client_id": "c", "client_secret": "SECRET-TOKEN"}}')
     result = run_cell(ip, f"%gcs_auth p --key-file {key}")
     text = "".join(capsys.readouterr())
-    assert not result.success and "not a service-account key" in text and "SECRET-TOKEN" not in text
+    assert not result.success and "not a credentials file google-auth can use" in text
+    assert "SECRET-TOKEN" not in text
 
 
 def test_load_ext_imports_nothing_heavy():

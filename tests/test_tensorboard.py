@@ -234,6 +234,34 @@ def test_magic_refuses_flags_that_bind_beyond_loopback(ip, logdir, flags):
 
     with pytest.raises(UsageError, match=r"is refused: TensorBoard listens on 127\.0\.0\.1 only.*tunnel") as caught:
         ip.run_line_magic("tensorboard_tunnel", line)
+    assert "\n" not in str(caught.value)
+    assert tensorboard.running() == []
 
+
+# --- gs:// logdirs: TensorBoard reads them itself ------------------------------------------------------
+def test_gs_logdir_goes_to_tensorboard_as_it_is_and_is_reused_and_stopped(ip, tmp_path, monkeypatch):
+    # TensorBoard reads gs:// through its own GCS client, which cannot be pointed at the emulator:
+    # what is tested is what colab_magics does with the URL, with the real TensorBoard serving.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    url = ip.run_line_magic("tensorboard_tunnel", "gs://my-logs-bucket/experiments/logs --provider local")
+
+    [instance] = tensorboard.running()
+    argv = instance.tracked.argv
+    assert argv[argv.index("--logdir") + 1] == "gs://my-logs-bucket/experiments/logs"
+    assert list(cwd.iterdir()) == []  # no ./gs:/my-logs-bucket/... directory
+    assert get(url)[0] == 200
+
+    again = ip.run_line_magic("tensorboard_tunnel", "gs://my-logs-bucket/experiments/logs/ --provider local")
+    assert again == url and [i.pid for i in tensorboard.running()] == [instance.pid]  # reused, slash or not
+
+    ip.run_line_magic("tensorboard_tunnel", "gs://my-logs-bucket/experiments/logs --stop")
+    assert tensorboard.running() == [] and not pid_running(instance.pid)
+
+
+def test_gs_logdir_with_a_bad_bucket_name_is_one_line(ip):
+    with pytest.raises(UsageError, match="not a valid name") as caught:
+        ip.run_line_magic("tensorboard_tunnel", "gs://My_Bucket/logs --provider local")
     assert "\n" not in str(caught.value)
     assert tensorboard.running() == []

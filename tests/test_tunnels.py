@@ -16,8 +16,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-import types
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from colab_magics.errors import NoTunnelToken, TunnelError, TunnelInstallError
 from colab_magics.tunnels import TunnelOptions
 from colab_magics.tunnels import ngrok as ngrok_provider
 from conftest import SESSION_PIDS, free_port, poll
+from hosted_env import colab, standins_path  # noqa: F401  (fixtures: a Colab runtime's modules)
 from tests.test_tensorboard import write_events
 
 STANDINS = Path(__file__).parent / "standins"
@@ -206,18 +207,127 @@ def test_install_ngrok_keeps_an_installed_agent(tmp_path):
 
 
 # --- cloudflared (stand-in agent) -----------------------------------------------------------------
-def test_cloudflared_reads_the_quick_tunnel_url_and_forwards(tb_port):
+class ToStandinEdge(urllib.request.BaseHandler):
+    """Sends requests for https://*.trycloudflare.com to the stand-in's edge: the name cannot resolve
+    here (this plays DNS + Cloudflare's TLS front); every other URL goes its normal way."""
+
+    handler_order = 100  # before urllib's own HTTPS handler
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def https_open(self, request):
+        if not request.host.endswith(".trycloudflare.com"):
+            return None
+        return urllib.request.build_opener().open(f"http://127.0.0.1:{self.port}{request.selector}",
+                                                  timeout=request.timeout)
+
+
+@pytest.fixture()
+def trycloudflare(monkeypatch):
+    """The stand-in's edge on a known port, reachable through its trycloudflare.com URL."""
+    port = free_port()
+    monkeypatch.setenv("STANDIN_CLOUDFLARED_EDGE_PORT", str(port))
+    urllib.request.install_opener(urllib.request.build_opener(ToStandinEdge(port)))
+    yield f"http://127.0.0.1:{port}"
+    urllib.request.install_opener(None)
+
+
+def test_cloudflared_reads_the_quick_tunnel_url_and_forwards(tb_port, trycloudflare):
     tunnel = tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=20))
     try:
         assert re.fullmatch(r"https://[a-z-]+\.trycloudflare\.com", tunnel.url)
         assert any("cannot ask for a password" in note for note in tunnel.notes)
-        # The trycloudflare.com name cannot resolve here: the stand-in says where its edge listens.
-        edge = re.search(r"standin edge: (\S+)", tunnel.process.output_tail()).group(1)
-        status, body = get(edge + "/")
+        status, body = get(tunnel.url + "/")
         assert status == 200 and is_tensorboard_page(body)
     finally:
         tunnels.close_tunnel(tunnel)
     assert not pid_running(tunnel.process.pid)
+
+
+def test_cloudflared_is_ready_only_when_its_url_answers(tb_port, trycloudflare, monkeypatch):
+    # The agent prints its URL 3 s before its edge connection is up (cloudflared #513).
+    monkeypatch.setenv("STANDIN_CLOUDFLARED_CONNECT_DELAY", "3")
+
+    tunnel = tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=20))
+    try:
+        assert get(tunnel.url + "/", timeout=2)[0] == 200  # at once, not a 530 from the edge
+        assert "Registered tunnel connection" in tunnel.process.output_tail()
+    finally:
+        tunnels.close_tunnel(tunnel)
+
+
+def test_cloudflared_that_never_connects_is_given_up_on(tb_port, trycloudflare, monkeypatch):
+    monkeypatch.setenv("STANDIN_CLOUDFLARED_NEVER_CONNECT", "1")  # UDP blocked (#510, #617)
+    began = time.monotonic()
+
+    with pytest.raises(TunnelError, match="did not answer within 3 s") as caught:
+        tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=3))
+
+    assert "\n" not in str(caught.value) and "--provider ngrok" in str(caught.value)
+    assert time.monotonic() - began < 15
+    assert tunnels.open_tunnels() == []
+
+
+@pytest.fixture()
+def release_server(tmp_path):
+    """A local file server standing in for the release downloads (GitHub cannot be reached here)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path / "releases"
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/{{version}}/cloudflared-linux-{{arch}}"
+    server.shutdown()
+
+
+def served_binary(root: Path, content: bytes) -> Path:
+    from colab_magics.tunnels import cloudflared
+
+    for arch in cloudflared.SHA256:
+        path = root / cloudflared.VERSION / f"cloudflared-linux-{arch}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return path
+
+
+def test_cloudflared_download_not_matching_the_published_checksum_is_refused(release_server, tmp_path, monkeypatch):
+    root, url = release_server
+    served_binary(root, b"#!/bin/sh\necho not the real cloudflared\n")
+    monkeypatch.setenv("COLAB_MAGICS_CLOUDFLARED_URL", url)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+
+    with pytest.raises(TunnelInstallError, match="not the published 2026.9.3 release") as caught:
+        tunnels.open_tunnel("cloudflared", free_port(), TunnelOptions(bin_dir=tmp_path / "bin"))
+
+    assert "\n" not in str(caught.value)
+    assert list((tmp_path / "bin").iterdir()) == []  # nothing half-installed
+
+
+def test_cloudflared_download_matching_the_checksum_is_installed(release_server, tmp_path, monkeypatch):
+    import hashlib
+
+    from colab_magics.tunnels import cloudflared
+
+    root, url = release_server
+    content = b"#!/bin/sh\necho cloudflared stand-in\n"
+    served_binary(root, content)
+    monkeypatch.setattr(cloudflared, "SHA256", {a: hashlib.sha256(content).hexdigest() for a in cloudflared.SHA256})
+
+    installed = cloudflared.install_cloudflared(tmp_path / "bin", url=url)
+
+    assert installed.read_bytes() == content and os.access(installed, os.X_OK)
+
+
+def test_cloudflared_pins_a_release_and_its_checksums():
+    from colab_magics.tunnels import cloudflared
+
+    assert "/latest/" not in cloudflared.DOWNLOAD_URL and "{version}" in cloudflared.DOWNLOAD_URL
+    assert set(cloudflared.SHA256) == {"amd64", "arm64"}
+    assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in cloudflared.SHA256.values())
 
 
 def test_cloudflared_refuses_a_password_it_cannot_enforce(tb_port):
@@ -332,18 +442,6 @@ def test_ssh_target_must_be_user_at_host(target, tb_port):
 
 
 # --- choosing a provider ----------------------------------------------------------------------------
-@pytest.fixture()
-def colab_standin(monkeypatch):
-    """A stand-in for google.colab (labelled): only what hosted.py calls, returning a fixed proxy URL."""
-    colab = types.ModuleType("google.colab")
-    output = types.ModuleType("google.colab.output")
-    output.eval_js = lambda js: "https://standin-proxy.colab.example/" + re.search(r"\d+", js).group(0)
-    colab.output = output
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-    monkeypatch.setitem(sys.modules, "google.colab.output", output)
-    return colab
-
-
 def test_default_is_local_with_a_hint_without_token(monkeypatch):
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
@@ -359,14 +457,14 @@ def test_default_is_ngrok_with_a_token(monkeypatch):
     assert tunnels.choose_provider() == ("ngrok", ())
 
 
-def test_default_in_colab_is_its_private_proxy(colab_standin, monkeypatch, tb_port):
+def test_default_in_colab_is_its_private_proxy(colab, monkeypatch, tb_port):
     monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
 
     provider, _ = tunnels.choose_provider()
     tunnel = tunnels.open_tunnel(provider, tb_port)
 
-    assert provider == "colab"
-    assert tunnel.url == f"https://standin-proxy.colab.example/{tb_port}"
+    assert provider == "colab" and tunnel.inline
+    assert tunnel.url == f"https://standin-{tb_port}.colab.example/"
     _, notes = tunnels.choose_provider("ngrok")
     assert "Colab's terms" in notes[0]
     tunnels.close_tunnel(tunnel)

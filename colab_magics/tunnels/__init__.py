@@ -33,6 +33,7 @@ class Tunnel:
     auth_password: str | None = field(default=None, repr=False)
     process: processes.Tracked | None = field(default=None, compare=False, repr=False)
     notes: tuple[str, ...] = ()
+    inline: bool = False  # the notebook can show the port inside the cell's output (Colab)
 
     @property
     def protected(self) -> bool:

@@ -1,16 +1,22 @@
 """Cloudflare quick tunnels: `cloudflared tunnel --url http://127.0.0.1:PORT`, no account needed.
 
-The public https://*.trycloudflare.com URL is read from the agent's output with a deadline. Quick
-tunnels cannot ask for a password: anyone holding the URL sees the page, and the note says so.
+The public https://*.trycloudflare.com URL is read from the agent's output, but cloudflared prints it
+before its edge connection is up (cloudflared #513) and never connects where UDP/QUIC is blocked
+(#510, #617): the tunnel is ready only when an HTTP request through that URL answers, all within
+one deadline. Quick tunnels cannot ask for a password: anyone holding the URL sees the page, and
+the note says so. A missing agent is downloaded from a pinned release and checked against the
+sha256 published in that release's notes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,14 +26,23 @@ from colab_magics.errors import TunnelError, TunnelInstallError
 from colab_magics.tunnels import Tunnel, TunnelOptions
 
 URL_PATTERN = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")
-DOWNLOAD_URL = "https://github.com/cloudflare/cloudflared/releases/latest/download/cloudflared-linux-{arch}"
+VERSION = "2026.9.3"
+# "SHA256 Checksums" of https://github.com/cloudflare/cloudflared/releases/tag/2026.9.3 (cloudflared
+# publishes no separate checksum file, only this block in the release notes).
+SHA256 = {
+    "amd64": "77e26d8d900e0b8469f416239d14b5f296525fdf79fee6f511ef55609e3fbac2",
+    "arm64": "aaeb2d7d0da3614634c7e03ab13487a1522c2e79165ed2929cfe23d5e95b326d",
+}
+DOWNLOAD_URL = "https://github.com/cloudflare/cloudflared/releases/download/{version}/cloudflared-linux-{arch}"
+DOWNLOAD_URL_ENV = "COLAB_MAGICS_CLOUDFLARED_URL"  # a mirror: same {version}/{arch} template, same checksum
 DOWNLOAD_TIMEOUT = 30.0
+PROBE_INTERVAL = 0.5
 NO_AUTH_NOTE = ("cloudflared quick tunnels cannot ask for a password: anyone with this URL can see "
                 "TensorBoard (use --provider ngrok for basic auth).")
 
 
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
-    """Start a quick tunnel to `port` and wait (bounded) for the URL it prints."""
+    """Start a quick tunnel to `port`; ready when a request through the URL it prints answers."""
     binary = find_binary(options.bin_dir) or install_cloudflared(options.bin_dir or _default_bin_dir())
     found = threading.Event()
     urls: list[str] = []
@@ -39,16 +54,25 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
             found.set()
 
     argv = [str(binary), "tunnel", "--no-autoupdate", "--url", f"http://127.0.0.1:{port}"]
+    deadline = time.monotonic() + options.timeout
     tracked = processes.registry.start(argv, name=f"cloudflared:{port}", on_line=on_line)
     if not processes.wait_until(found.is_set, timeout=options.timeout, tracked=tracked):
-        tail = tracked.output_tail()
-        died = not tracked.alive()
-        processes.registry.stop(tracked)
-        what = f"exited with code {tracked.popen.returncode}" if died else \
-            f"printed no trycloudflare.com URL within {options.timeout:.0f} s"
-        raise TunnelError(f"cloudflared {what}: {_last_line(tail)}")
-    return Tunnel(url=urls[0], provider="cloudflared", port=port, process=tracked,
-                  notes=(NO_AUTH_NOTE,))
+        _give_up(tracked, f"printed no trycloudflare.com URL within {options.timeout:.0f} s")
+    url = urls[0]
+    if not processes.wait_until(lambda: processes.http_ok(url, PROBE_INTERVAL * 4), interval=PROBE_INTERVAL,
+                                timeout=max(0.0, deadline - time.monotonic()), tracked=tracked):
+        _give_up(tracked, f"printed {url} but it did not answer within {options.timeout:.0f} s (its edge "
+                          f"connection never came up: UDP/QUIC may be blocked here; try --provider ngrok)")
+    return Tunnel(url=url, provider="cloudflared", port=port, process=tracked, notes=(NO_AUTH_NOTE,))
+
+
+def _give_up(tracked: processes.Tracked, what: str) -> None:
+    tail = tracked.output_tail()
+    died = not tracked.alive()
+    processes.registry.stop(tracked)
+    if died:
+        what = f"exited with code {tracked.popen.returncode}"
+    raise TunnelError(f"cloudflared {what}: {_last_line(tail)}")
 
 
 def close(tunnel: Tunnel) -> None:
@@ -63,16 +87,28 @@ def find_binary(bin_dir: Path | None = None) -> Path | None:
     return Path(found) if found else None
 
 
-def install_cloudflared(bin_dir: Path) -> Path:
-    """Download the cloudflared release binary into `bin_dir`; offline this fails within the timeout."""
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "amd64")
-    url = DOWNLOAD_URL.format(arch=arch)
+def install_cloudflared(bin_dir: Path, *, url: str | None = None) -> Path:
+    """Download cloudflared VERSION into `bin_dir`, refusing a file whose sha256 is not the published one.
+
+    `url` (or COLAB_MAGICS_CLOUDFLARED_URL) replaces the GitHub release URL, e.g. with a mirror;
+    the checksum stays the pinned one. Offline this fails within the timeout.
+    """
+    machine = platform.machine()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine)
+    if arch is None:
+        raise TunnelInstallError(f"no cloudflared {VERSION} release is pinned for {machine}: install "
+                                 f"cloudflared yourself and put it on PATH")
+    template = url or os.environ.get(DOWNLOAD_URL_ENV) or DOWNLOAD_URL
+    source = template.format(version=VERSION, arch=arch)
     target = Path(bin_dir) / "cloudflared"
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
+    digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, partial.open("wb") as out:
-            shutil.copyfileobj(response, out)
+        with urllib.request.urlopen(source, timeout=DOWNLOAD_TIMEOUT) as response, partial.open("wb") as out:
+            while block := response.read(1 << 20):
+                digest.update(block)
+                out.write(block)
     except (OSError, urllib.error.URLError) as exc:
         partial.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
@@ -80,6 +116,12 @@ def install_cloudflared(bin_dir: Path) -> Path:
             f"cloudflared is not installed and could not be downloaded ({reason}): install it "
             f"(https://github.com/cloudflare/cloudflared/releases) or put it on PATH"
         ) from exc
+    if digest.hexdigest() != SHA256[arch]:
+        partial.unlink(missing_ok=True)
+        raise TunnelInstallError(
+            f"the cloudflared downloaded from {source} is not the published {VERSION} release (sha256 "
+            f"{digest.hexdigest()[:12]}…, expected {SHA256[arch][:12]}…): not installed"
+        )
     partial.chmod(0o755)
     partial.replace(target)
     return target

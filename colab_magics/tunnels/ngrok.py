@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ def install_ngrok(bin_dir: str | os.PathLike | None = None) -> Path:
     if path.exists():
         return path
     try:
-        installer.install_ngrok(str(path), ngrok_version="3", timeout=30)
+        installer.install_ngrok(str(path), ngrok_version="v3", timeout=30)  # "v3": pyngrok 8.0 knows no "3"
     except PyngrokError as exc:
         raise TunnelInstallError(
             f"the ngrok agent is not in {path.parent} and could not be downloaded ({_short(exc)}): "
@@ -188,7 +189,6 @@ def _agent_for(path: Path, token: str, timeout: float) -> _Agent:
 
 def _bounded(call, agent: _Agent, timeout: float, token: str):
     """Run a pyngrok call that may start the agent, giving up after `timeout` seconds."""
-    from pyngrok import process as pyngrok_process
     from pyngrok.exception import PyngrokError
 
     outcome: dict[str, object] = {}
@@ -203,11 +203,11 @@ def _bounded(call, agent: _Agent, timeout: float, token: str):
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        # pyngrok holds its process lock while it reads the agent's start-up lines, so its own
-        # kill_process would wait for it: end the agent directly, which ends that read.
-        running = pyngrok_process._current_processes.get(agent.config.ngrok_path)
-        if running is not None:
-            processes.terminate(running.proc, timeout=2)
+        # pyngrok holds its process lock while it reads the agent's start-up lines, so neither its
+        # get_process nor kill_process can be called now: end the agent directly (by pid), which
+        # ends that read.
+        for pid in _children_running(agent.config.ngrok_path):
+            _kill(pid)
         worker.join(5)
         _end_agent(agent)
         raise TunnelError(f"the ngrok agent did not start a tunnel within {timeout:.0f} s: "
@@ -223,6 +223,28 @@ def end_agents() -> None:
     """End every agent of this session (and remove its token file), tunnels or not."""
     for agent in _agents().values():
         _end_agent(agent)
+
+
+def _children_running(path: str) -> list[int]:
+    """Pids of this process's children running the program at `path` (Linux: read from /proc)."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        # argv[0] is the agent, or an interpreter whose argv[1] is the agent (a script with #!)
+        if ppid == me and os.fsencode(path) in argv[:2]:
+            found.append(int(entry.name))
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _end_agent(agent: _Agent) -> None:

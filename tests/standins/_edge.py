@@ -15,8 +15,11 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
               "proxy-authorization", "proxy-authenticate", "host", "authorization"}
 
 
-def start_edge(target_host: str, target_port: int, credentials: list[str] | None = None) -> ThreadingHTTPServer:
-    """Serve on a free port; forward to target; demand one of `credentials` ("user:pass") if any."""
+def start_edge(target_host: str, target_port: int, credentials: list[str] | None = None, *,
+               listen_port: int = 0, connected=None) -> ThreadingHTTPServer:
+    """Serve on `listen_port` (0: a free one); forward to target; demand one of `credentials`
+    ("user:pass") if any. While `connected()` is false, answer as Cloudflare's edge does for a
+    tunnel whose connector is not connected yet: HTTP 530, error code 1033."""
     allowed = {base64.b64encode(c.encode()).decode() for c in credentials or []}
 
     class Forward(BaseHTTPRequestHandler):
@@ -26,6 +29,13 @@ def start_edge(target_host: str, target_port: int, credentials: list[str] | None
             pass
 
         def _handle(self):
+            if connected is not None and not connected():
+                body = b"error code: 1033"
+                self.send_response(530)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if allowed:
                 header = self.headers.get("Authorization", "")
                 scheme, _, value = header.partition(" ")
@@ -65,7 +75,7 @@ def start_edge(target_host: str, target_port: int, credentials: list[str] | None
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    server = ThreadingHTTPServer(("127.0.0.1", listen_port), Forward)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
