@@ -154,7 +154,9 @@ def _check_zip_member(info: zipfile.ZipInfo) -> None:
 
 # --- how much an extraction may write -----------------------------------------------------------
 def mib(n: int) -> str:
-    return f"{n / 1024 / 1024:,.0f}"
+    """Bytes as MiB for messages: '1,024', or '0.2' below 10."""
+    value = n / 1024 / 1024
+    return f"{value:,.1f}" if value < 10 else f"{value:,.0f}"
 
 
 @dataclass
@@ -226,6 +228,15 @@ class TailFile(io.RawIOBase):
         base = {0: 0, 1: self._pos, 2: self._size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        """Without allocating `size` bytes first (RawIOBase.read does): a forged index size costs nothing."""
+        if self._start > self._pos < self._size:
+            raise NeedBytes(self._pos)
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        chunk = self._tail[self._pos - self._start : max(end, self._pos) - self._start]
+        self._pos += len(chunk)
+        return chunk
 
     def readinto(self, buffer) -> int:
         if self._pos >= self._size:
@@ -507,7 +518,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Pat
             raise CorruptArchive(f"archive member {member.name!r} is both a file and a directory: the archive is corrupt")
         target.mkdir(parents=True, exist_ok=True)
         return
-    budget.check(budget.written + member.size, declared=True)
+    budget.check(budget.written + member.size)  # its declared size, before any of it is written
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_dir():
         raise CorruptArchive(f"archive member {member.name!r} is both a file and a directory: the archive is corrupt")

@@ -58,10 +58,12 @@ class Restore:
         return self
 
     def budget(self, archive_size: int, settings) -> packing.Budget:
-        """The caps of this restore: `settings.restore_max_ratio` × the archive, free disk less the margin."""
+        """The caps of this restore: `settings.restore_max_ratio` × the archive (at least RATIO_FLOOR),
+        and the free disk less `settings.restore_free_margin` (at most 5 % of the disk)."""
         ratio = settings.restore_max_ratio
-        free = shutil.disk_usage(self.staging).free
-        margin = settings.restore_free_margin
+        disk = shutil.disk_usage(self.staging)
+        free = disk.free
+        margin = min(settings.restore_free_margin, disk.total // 20)  # a small disk is not refused outright
         return packing.Budget(
             source=self.source,
             ratio_limit=max(int(ratio * archive_size), RATIO_FLOOR) if ratio > 0 else None,
