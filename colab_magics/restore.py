@@ -219,20 +219,18 @@ def merge_kept(target: Path, staging: Path, shown: Path) -> None:
             for entry in entries:
                 new = os.path.join(new_dir, entry.name)
                 old_is_dir = entry.is_dir(follow_symlinks=False)
-                try:
-                    new_is_dir = stat.S_ISDIR(os.lstat(new).st_mode)
-                except FileNotFoundError:
+                try:  # one call when the archive does not hold the name: the common case
                     if old_is_dir:
                         os.mkdir(new)
-                        stack.append((entry.path, new))
-                        fixups.append((entry, new))
                     else:
                         _link_or_copy(entry.path, new)
-                    continue
-                if old_is_dir and new_is_dir:
+                    new_is_dir = None
+                except FileExistsError:
+                    new_is_dir = stat.S_ISDIR(os.lstat(new).st_mode)
+                if old_is_dir and new_is_dir is not False:
                     stack.append((entry.path, new))
                     fixups.append((entry, new))
-                elif old_is_dir or new_is_dir:
+                elif new_is_dir is not None and old_is_dir != new_is_dir:
                     rel = os.path.relpath(entry.path, target)
                     mine, theirs = ("a directory", "a file") if old_is_dir else ("a file", "a directory")
                     raise RestoreConflict(
@@ -251,6 +249,8 @@ def _link_or_copy(src: str, dst: str) -> None:
     except OSError as exc:  # no hard links here (some FUSE/network filesystems), or too many links
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP):
             raise
+        if os.path.lexists(dst):  # the archive's file: never overwritten by a kept one
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
         shutil.copy2(src, dst, follow_symlinks=False)
 
 

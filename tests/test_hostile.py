@@ -30,6 +30,7 @@ import pytest
 
 from colab_magics import packing, restore, runs
 from colab_magics.errors import (
+    ColabMagicsError,
     ArchiveNotFound,
     ArchiveTooLarge,
     CorruptArchive,
@@ -81,10 +82,12 @@ def precious_target(path: Path) -> Path:
     return path
 
 
-def one_line_error(ip, capsys, line: str) -> str:
+def one_line_error(ip, capsys, line: str, kind: type = ColabMagicsError) -> str:
+    """Run a magic that must fail: one line, no traceback, caused by a `kind` error; return the line."""
     capsys.readouterr()
     result = run_cell(ip, line)
     assert not result.success
+    assert isinstance(result.error_in_exec.__cause__, kind), repr(result.error_in_exec.__cause__)
     captured = capsys.readouterr()
     text = (captured.out + captured.err).strip()
     assert "Traceback" not in text and len(text.splitlines()) == 1, text
@@ -199,7 +202,7 @@ def test_a_zip_bomb_is_refused_before_a_byte_is_written(ip, bucket, tmp_path, ca
     url = upload(bucket, "run1.1.zip", zip_bomb(1024))  # 1 MB declaring 1 GiB
     target = precious_target(tmp_path / "work" / "target")
     before = snapshot(target)
-    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}")
+    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}", ArchiveTooLarge)
     assert "declares 1,024 MiB, over 200x its size" in text and "restore_max_ratio" in text
     assert snapshot(target) == before and debris(target) == []
 
@@ -307,7 +310,7 @@ def test_a_file_where_the_archive_has_a_directory_is_one_line(ip, bucket, tmp_pa
     else:
         (target / mine).write_bytes(b"a file")
     before = snapshot(target)
-    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}")
+    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}", RestoreConflict)
     assert f"{target / mine.rstrip('/')} is a" in text and "was left as it was" in text
     assert snapshot(target) == before and debris(target) == []
 
@@ -317,7 +320,7 @@ def test_a_mount_point_as_target_is_refused_before_downloading(ip, bucket, tmp_p
     target = precious_target(tmpfs(tmp_path / "mnt") / "inner").parent
     before = snapshot(target)
     monkeypatch.setattr(packing, "read_zip_index", lambda *a, **k: pytest.fail("downloaded before refusing"))
-    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}")
+    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}", RestoreError)
     assert "is a mount point" in text and str(target / "run") in text
     assert snapshot(target) == before and debris(target) == []
 
@@ -328,7 +331,7 @@ def test_a_mount_inside_the_target_is_refused_before_downloading(ip, bucket, tmp
     (tmpfs(target / "data") / "x").write_bytes(b"on another disk")
     before = snapshot(target)
     monkeypatch.setattr(packing, "read_zip_index", lambda *a, **k: pytest.fail("downloaded before refusing"))
-    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}")
+    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}", RestoreError)
     assert f"{target / 'data'} is on another filesystem" in text
     assert snapshot(target) == before and debris(target) == []
 
@@ -361,7 +364,7 @@ def test_a_name_too_long_for_the_filesystem_is_one_line(ip, bucket, tmp_path, ca
     url = upload(bucket, "run1.1.zip", small_zip({"d" * 300 + "/model-1.keras": b"w"}))
     target = precious_target(tmp_path / "target")
     before = snapshot(target)
-    assert "is too long for this filesystem" in one_line_error(ip, capsys, f"%gcs_load {url} {target}")
+    assert "is too long for this filesystem" in one_line_error(ip, capsys, f"%gcs_load {url} {target}", RestoreError)
     assert snapshot(target) == before and debris(target) == []
 
 
@@ -369,7 +372,7 @@ def test_an_empty_archive_says_so(ip, bucket, tmp_path, capsys):
     url = upload(bucket, "run1.1.zip", small_zip({}))
     target = precious_target(tmp_path / "target")
     before = snapshot(target)
-    assert f"{url} holds no files" in one_line_error(ip, capsys, f"%gcs_load {url} {target}")
+    assert f"{url} holds no files" in one_line_error(ip, capsys, f"%gcs_load {url} {target}", EmptyArchive)
     assert snapshot(target) == before and debris(target) == []
 
 
@@ -531,3 +534,23 @@ def test_a_target_that_is_a_file_is_refused(gcs, bucket, tmp_path):
     with pytest.raises(RestoreError, match="exists and is not a directory"):
         runs.load_run(url, tmp_path / "target", settings=FAST)
     assert (tmp_path / "target").read_bytes() == b"a file"
+
+
+def test_where_hard_links_are_impossible_the_kept_files_are_copied(gcs, bucket, tmp_path, monkeypatch):
+    """Some FUSE and network filesystems refuse link(2) with EPERM: the kept files are copied instead."""
+    import errno
+
+    url = upload(bucket, "run1.1.zip", small_zip({"model-1.keras": b"new", "logs/notes.txt": b"theirs"}))
+    target = precious_target(tmp_path / "target")
+
+    def no_links(src, dst, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted", src)
+
+    monkeypatch.setattr(os, "link", no_links)
+    runs.load_run(url, target, settings=FAST)
+    assert (target / "model-0.keras").read_bytes() == b"precious weights"
+    assert stat.S_IMODE((target / "model-0.keras").stat().st_mode) == 0o640
+    assert (target / "logs" / "notes.txt").read_bytes() == b"theirs"  # the archive's file wins
+    assert os.readlink(target / "logs" / "link") == "../model-0.keras"
+    assert stat.S_IMODE((target / "logs").stat().st_mode) == 0o750
+    assert debris(target) == []
