@@ -149,6 +149,14 @@ def _make_staging(target: Path) -> tuple[Path, int]:
             break
         except FileExistsError:
             continue
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise RestoreError(
+                f"cannot create a directory in {target.parent} ({exc.strerror}): a restore builds the new "
+                "tree beside TARGET_DIR and swaps it in; choose a TARGET_DIR whose parent you may write "
+                "to (nothing was downloaded or changed)"
+            ) from None
     if os.path.lexists(target):
         st = os.stat(target)
         os.chmod(staging, stat.S_IMODE(st.st_mode))

@@ -336,6 +336,19 @@ def test_a_mount_inside_the_target_is_refused_before_downloading(ip, bucket, tmp
     assert snapshot(target) == before and debris(target) == []
 
 
+def test_a_target_whose_parent_is_read_only_is_refused_before_downloading(ip, bucket, tmp_path, capsys, tmpfs,
+                                                                          monkeypatch):
+    url = upload(bucket, "run1.1.zip", small_zip({"model-1.keras": b"w"}))
+    disk = tmpfs(tmp_path / "ro")
+    target = precious_target(disk / "target")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, timeout=30)
+    before = snapshot(target)
+    monkeypatch.setattr(packing, "read_zip_index", lambda *a, **k: pytest.fail("downloaded before refusing"))
+    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}", RestoreError)
+    assert f"cannot create a directory in {disk} (Read-only file system)" in text
+    assert snapshot(target) == before and debris(target) == []
+
+
 @pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
 def test_disk_full_while_restoring_is_one_line_and_leaves_the_target(gcs, bucket, tmp_path, tmpfs, fmt):
     """3 000 files of 4 097 bytes declare 12 MiB but take two pages each (24 MiB) on a 20 MiB disk."""
