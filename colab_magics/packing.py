@@ -262,7 +262,7 @@ def read_zip_index(size: int, fetch: Callable[[int, int], bytes], tail: int = IN
         try:
             return zipfile.ZipFile(TailFile(size, start, data))
         except NeedBytes as need:
-            if size - need.offset > max_index or need.offset >= start:
+            if size - need.offset > max_index:
                 raise CorruptArchive(
                     f"the zip's end record claims an index of {mib(size - need.offset)} MiB "
                     f"(at most {mib(max_index)} MiB is read): the archive is corrupt or hostile"

@@ -42,6 +42,7 @@ class Restore:
 
     def __init__(self, target: Path, source: str):
         self.shown = Path(target)  # as the user wrote it, for messages
+        self.target = self.shown  # the real directory, once entered
         self.source = source
         self.staging: Path | None = None
         self._lock: int | None = None
@@ -98,8 +99,7 @@ class Restore:
     def _translated(self, exc: OSError) -> RestoreError:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
-        return translate_os_error(exc, self.shown, self.source, getattr(self, "target", self.shown),
-                                  self.staging)
+        return translate_os_error(exc, self.shown, self.source, self.target, self.staging)
 
 
 # --- before downloading ---------------------------------------------------------------------------
