@@ -101,6 +101,27 @@ class CorruptArchive(ColabMagicsError):
     """An archive is truncated, malformed or fails its checksums."""
 
 
+class EmptyArchive(CorruptArchive):
+    """An archive holds no files: there is nothing to restore."""
+
+
+class ArchiveTooLarge(UnsafeArchive):
+    """An archive expands beyond the restore's ratio cap (a likely zip bomb) or a member beyond its declared size."""
+
+
+# --- restoring into a directory -----------------------------------------------------------------
+class RestoreError(ColabMagicsError):
+    """The target directory cannot take the restore; it is left exactly as it was."""
+
+
+class RestoreConflict(RestoreError):
+    """TARGET_DIR has a file where the archive has a directory, or the reverse."""
+
+
+class DiskFull(RestoreError):
+    """Not enough free disk space for the restore (refused before writing, or ENOSPC while writing)."""
+
+
 # --- tensorboard and tunnels --------------------------------------------------------------------
 class TensorBoardError(ColabMagicsError):
     """TensorBoard could not be started or did not answer."""

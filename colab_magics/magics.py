@@ -72,6 +72,10 @@ class ColabMagics(Magics):
     retry_deadline = Float(help="Seconds a request may go unanswered (retries included) before the operation fails.").tag(config=True)
     progress = Bool(help="Show progress bars for transfers of 64 MiB or more.").tag(config=True)
     emulator_dir = Unicode(help="Where `%gcs_auth --emulator` keeps the local emulator's data.").tag(config=True)
+    restore_max_ratio = Float(help="%gcs_load refuses an archive that would write more than this many times "
+                                   "its own size (a zip bomb); 0: no cap.").tag(config=True)
+    restore_free_margin_mb = Int(help="%gcs_load refuses an archive that would leave less than this many MiB "
+                                      "free on TARGET_DIR's disk.").tag(config=True)
 
     @default("chunk_size_mb")
     def _chunk_size_default(self):
@@ -89,6 +93,14 @@ class ColabMagics(Magics):
     def _progress_default(self):
         return _env("progress", True, bool)
 
+    @default("restore_max_ratio")
+    def _restore_max_ratio_default(self):
+        return _env("restore_max_ratio", 200.0, float)
+
+    @default("restore_free_margin_mb")
+    def _restore_free_margin_default(self):
+        return _env("restore_free_margin_mb", 256, int)
+
     @default("emulator_dir")
     def _emulator_dir_default(self):
         from colab_magics.emulator import default_root
@@ -102,6 +114,8 @@ class ColabMagics(Magics):
             chunk_size=self.chunk_size_mb * 1024 * 1024,
             retry_deadline=self.retry_deadline,
             progress=self.progress,
+            restore_max_ratio=self.restore_max_ratio,
+            restore_free_margin=self.restore_free_margin_mb * 1024 * 1024,
         )
 
     # --- storage --------------------------------------------------------------------------------

@@ -4,20 +4,18 @@ Writing: a zip is written straight into a writable stream (no temporary file); e
 or deflated depending on whether a sample of it compresses, so float weights are not pushed through
 DEFLATE at single-core speed.
 
-Reading: member names are checked before anything is written (absolute paths, `..`, links, devices
-are refused), and extraction happens in a staging directory that is moved into place only when every
-member has passed its CRC: a bad archive leaves the target as it was.
+Reading: member names, layout and declared sizes are checked before anything is written (absolute
+paths, `..`, links, devices are refused); sizes are enforced while inflating, with memory bounded
+by a constant; what is written goes into a staging directory that `restore` swaps into place.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import shutil
 import stat
 import struct
 import tarfile
-import tempfile
 import time
 import zipfile
 import zlib
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterable
 
-from colab_magics.errors import CorruptArchive, UnsafeArchive
+from colab_magics.errors import ArchiveTooLarge, CorruptArchive, DiskFull, EmptyArchive, UnsafeArchive
 
 COPY_BLOCK = 4 * 1024 * 1024
 _SAMPLE = 256 * 1024
@@ -154,7 +152,56 @@ def _check_zip_member(info: zipfile.ZipInfo) -> None:
         )
 
 
+# --- how much an extraction may write -----------------------------------------------------------
+def mib(n: int) -> str:
+    """Bytes as MiB for messages: '1,024', or '0.2' below 10."""
+    value = n / 1024 / 1024
+    return f"{value:,.1f}" if value < 10 else f"{value:,.0f}"
+
+
+@dataclass
+class Budget:
+    """How many bytes an extraction may write in all, checked before each write (never after).
+
+    Two caps: `ratio_limit` (a multiple of the archive's size: a zip bomb is refused) and
+    `disk_limit` (the free space of the target's filesystem less a margin). None: no cap.
+    """
+
+    source: str = "the archive"
+    ratio_limit: int | None = None
+    ratio: float = 0.0
+    disk_limit: int | None = None
+    free: int = 0
+    margin: int = 0
+    written: int = 0
+
+    def check(self, total: int, *, declared: bool = False) -> None:
+        """Refuse `total` bytes (the archive's declared total, or the bytes written so far)."""
+        if self.ratio_limit is not None and total > self.ratio_limit:
+            raise ArchiveTooLarge(
+                f"{self.source} {'declares' if declared else 'expands to more than'} "
+                f"{mib(total if declared else self.ratio_limit)} MiB, over {self.ratio:g}x its size: refusing "
+                "a likely zip bomb (raise %config ColabMagics.restore_max_ratio if it is genuine)"
+            )
+        if self.disk_limit is not None and total > self.disk_limit:
+            raise DiskFull(
+                f"not enough disk to restore {self.source}: it needs {'' if declared else 'more than '}"
+                f"{mib(total)} MiB and {mib(self.free)} MiB are free, keeping {mib(self.margin)} MiB free "
+                "(%config ColabMagics.restore_free_margin_mb): free some space or choose another TARGET_DIR"
+            )
+
+    def add(self, n: int) -> None:
+        """Count `n` bytes about to be written; refuse them if they pass a cap."""
+        self.written += n
+        self.check(self.written)
+
+
 # --- reading a zip as a stream ------------------------------------------------------------------
+INDEX_TAIL = 256 * 1024  # first guess at the index's size: one request for most archives
+MAX_INDEX = 64 * 1024 * 1024  # ~400 000 members with typical names; a larger claim is refused unread
+INFLATE_BLOCK = 1024 * 1024  # most bytes one inflate call may produce: memory stays bounded
+
+
 class NeedBytes(Exception):
     """Raised by TailFile when the zip index reaches before the bytes we fetched."""
 
@@ -182,6 +229,15 @@ class TailFile(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
+    def read(self, size: int = -1) -> bytes:
+        """Without allocating `size` bytes first (RawIOBase.read does): a forged index size costs nothing."""
+        if self._start > self._pos < self._size:
+            raise NeedBytes(self._pos)
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        chunk = self._tail[self._pos - self._start : max(end, self._pos) - self._start]
+        self._pos += len(chunk)
+        return chunk
+
     def readinto(self, buffer) -> int:
         if self._pos >= self._size:
             return 0
@@ -193,14 +249,24 @@ class TailFile(io.RawIOBase):
         return len(chunk)
 
 
-def read_zip_index(size: int, fetch: Callable[[int, int], bytes], tail: int = 256 * 1024) -> zipfile.ZipFile:
-    """Parse a remote zip's central directory from its tail; `fetch(start, end)` gets a byte range."""
+def read_zip_index(size: int, fetch: Callable[[int, int], bytes], tail: int = INDEX_TAIL,
+                   max_index: int = MAX_INDEX) -> zipfile.ZipFile:
+    """Parse a remote zip's central directory from its tail; `fetch(start, end)` gets a byte range.
+
+    At most `max_index` bytes are ever fetched: an end record claiming a larger directory (or one
+    before the object's start) is refused without reading it.
+    """
     start = max(0, size - tail)
     data = fetch(start, size - 1) if size else b""
     while True:
         try:
             return zipfile.ZipFile(TailFile(size, start, data))
         except NeedBytes as need:
+            if size - need.offset > max_index:
+                raise CorruptArchive(
+                    f"the zip's end record claims an index of {mib(size - need.offset)} MiB "
+                    f"(at most {mib(max_index)} MiB is read): the archive is corrupt or hostile"
+                ) from None
             start, data = need.offset, fetch(need.offset, start - 1) + data
         except (zipfile.BadZipFile, zipfile.LargeZipFile, struct.error, ValueError, EOFError) as exc:
             raise CorruptArchive(f"not a valid zip archive ({exc}): it may be truncated") from None
@@ -212,21 +278,48 @@ class _Entry:
     path: PurePosixPath
 
 
+def _check_layout(entries: list[_Entry], index_start: int) -> None:
+    """Members inside the object and apart; no name twice; no name both a file and a directory."""
+    for before, after in zip(entries, entries[1:]):
+        if before.info.header_offset + 30 + before.info.compress_size > after.info.header_offset:
+            raise CorruptArchive("archive members overlap: refusing to extract")
+    if entries and entries[-1].info.header_offset + 30 + entries[-1].info.compress_size > index_start:
+        raise CorruptArchive("an archive member reaches into the index: the archive is corrupt")
+    files, dirs = set(), set()
+    for entry in entries:
+        if entry.info.is_dir():
+            dirs.add(entry.path)
+        elif entry.path in files:
+            raise CorruptArchive(f"archive member {entry.info.filename!r} appears twice: the archive is corrupt")
+        else:
+            files.add(entry.path)
+        dirs.update(entry.path.parents)
+    clash = files & dirs
+    if clash:
+        raise CorruptArchive(f"archive member {sorted(clash)[0]} is both a file and a directory: the archive is corrupt")
+
+
 class ZipStreamExtractor(io.RawIOBase):
     """A writable sink: the zip's bytes go in, in order; member files come out in `dest`.
 
-    Each member's local header is parsed as it arrives, its data is written (inflated if needed) to
-    its file and its CRC-32 is checked against the central directory read beforehand.
+    Everything is checked from the index before a byte is written (names, layout, the declared total
+    against `budget`); each member's local header is parsed as it arrives, its data is inflated at most
+    INFLATE_BLOCK bytes at a time, refused the moment it passes its declared size, and its CRC-32
+    checked against the index.
     """
 
-    def __init__(self, index: zipfile.ZipFile, dest: Path):
+    def __init__(self, index: zipfile.ZipFile, dest: Path, budget: Budget | None = None):
         infos = sorted(index.infolist(), key=lambda i: i.header_offset)
         for info in infos:
             _check_zip_member(info)
-        for before, after in zip(infos, infos[1:]):
-            if before.header_offset + 30 + before.compress_size > after.header_offset:
-                raise CorruptArchive("archive members overlap: refusing to extract")
+            if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+                raise CorruptArchive(f"archive member {info.filename!r} has two different sizes: the archive is corrupt")
         self._entries = [_Entry(i, safe_member_path(i.filename)) for i in infos]
+        _check_layout(self._entries, index.start_dir)
+        self._budget = budget or Budget()
+        if not any(not e.info.is_dir() for e in self._entries):
+            raise EmptyArchive(f"{self._budget.source} holds no files: there is nothing to restore")
+        self._budget.check(sum(e.info.file_size for e in self._entries), declared=True)
         self._dest = dest
         self._pos = 0  # offset in the archive of the next byte written to us
         self._i = 0  # index of the entry we are in or waiting for
@@ -234,6 +327,7 @@ class ZipStreamExtractor(io.RawIOBase):
         self._remaining = 0  # data bytes of the current entry still to come
         self._out: BinaryIO | None = None
         self._crc = 0
+        self._size = 0  # bytes of the current member written so far
         self._inflater = None
         self.members_written = 0
 
@@ -285,7 +379,7 @@ class ZipStreamExtractor(io.RawIOBase):
     def _start_member(self, entry: _Entry) -> None:
         target = self._dest.joinpath(*entry.path.parts)
         self._remaining = entry.info.compress_size
-        self._crc = 0
+        self._crc = self._size = 0
         if entry.info.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             self._out = None
@@ -293,7 +387,7 @@ class ZipStreamExtractor(io.RawIOBase):
                 self._finish_member(entry)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        self._out = open(target, "wb")
+        self._out = open(target, "xb")
         self._inflater = zlib.decompressobj(-15) if entry.info.compress_type == zipfile.ZIP_DEFLATED else None
         if self._remaining == 0:
             self._finish_member(entry)
@@ -301,23 +395,37 @@ class ZipStreamExtractor(io.RawIOBase):
     def _write_data(self, entry: _Entry, data: memoryview) -> None:
         if self._out is None:
             return
-        if self._inflater is not None:
-            data = self._inflater.decompress(data)
+        if self._inflater is None:
+            self._emit(entry, data)
+            return
+        while data and not self._inflater.eof:  # bounded output per call: a bomb never sits in memory
+            out = self._inflater.decompress(data, INFLATE_BLOCK)
+            self._emit(entry, out)
+            data = self._inflater.unconsumed_tail
+            while len(out) == INFLATE_BLOCK and not data and not self._inflater.eof:
+                out = self._inflater.decompress(b"", INFLATE_BLOCK)  # output zlib still holds
+                self._emit(entry, out)
+
+    def _emit(self, entry: _Entry, data) -> None:
+        self._size += len(data)
+        if self._size > entry.info.file_size:
+            raise ArchiveTooLarge(
+                f"archive member {entry.info.filename!r} inflates beyond its declared size of "
+                f"{entry.info.file_size} bytes: refusing a corrupt or hostile archive"
+            )
+        self._budget.add(len(data))
         self._crc = zlib.crc32(data, self._crc)
         self._out.write(data)
 
     def _finish_member(self, entry: _Entry) -> None:
         if self._out is not None:
             if self._inflater is not None:
-                tail = self._inflater.flush()
-                self._crc = zlib.crc32(tail, self._crc)
-                self._out.write(tail)
+                self._emit(entry, self._inflater.flush())
                 if not self._inflater.eof:
                     raise CorruptArchive(f"member {entry.info.filename!r} is truncated: archive is corrupt")
-            size = self._out.tell()
             self._out.close()
             self._out = None
-            if self._crc != entry.info.CRC or size != entry.info.file_size:
+            if self._crc != entry.info.CRC or self._size != entry.info.file_size:
                 raise CorruptArchive(
                     f"member {entry.info.filename!r} fails its CRC check: the archive is corrupt"
                 )
@@ -355,52 +463,76 @@ def _name_extra_len(header: bytearray) -> int:
 
 
 # --- tar.gz (the format later colab_utils versions wrote) ---------------------------------------
-def extract_tar_stream(stream: BinaryIO, dest: Path) -> int:
-    """Extract a tar.gz read sequentially from `stream` into `dest`; refuse anything unsafe."""
-    count = 0
+MAX_TAR_HEADER = 1024 * 1024  # a long name or pax header larger than this is refused, not read into memory
+_TAR_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                   tarfile.SOLARIS_XHDTYPE)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses oversized extended headers before tarfile reads them whole into memory."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _TAR_META_TYPES and self.size > MAX_TAR_HEADER:
+            raise CorruptArchive(
+                f"a tar header block claims {mib(self.size)} MiB (at most {mib(MAX_TAR_HEADER)} MiB): "
+                "the archive is corrupt or hostile"
+            )
+        return super()._proc_member(tarfile_)
+
+
+def extract_tar_stream(stream: BinaryIO, dest: Path, budget: Budget | None = None) -> int:
+    """Extract a tar.gz read sequentially from `stream` into `dest`; refuse anything unsafe.
+
+    Members are written here block by block (not by tarfile.extract), so `budget` is enforced while
+    writing: each member's declared size before it starts, the bytes themselves as they come.
+    """
+    budget = budget or Budget()
+    count = files = 0
+    buffer = bytearray(COPY_BLOCK)
     try:
-        with tarfile.open(fileobj=stream, mode="r|gz") as tar:
-            for member in tar:
-                safe_member_path(member.name)
-                if member.issym() or member.islnk():
-                    raise UnsafeArchive(f"archive member {member.name!r} is a link: refusing to extract")
-                if not (member.isfile() or member.isdir()):
-                    raise UnsafeArchive(
-                        f"archive member {member.name!r} is a device or special file: refusing to extract"
-                    )
-                tar.extract(member, dest, filter="data")
+        with tarfile.open(fileobj=stream, mode="r|gz", tarinfo=_BoundedTarInfo) as tar:
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # stream mode would keep every header: memory would grow with the count
+                _extract_tar_member(tar, member, dest, budget, buffer)
                 count += 1
-    except tarfile.FilterError as exc:
-        raise UnsafeArchive(f"{exc}: refusing to extract") from None
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        if isinstance(exc, (PermissionError, FileNotFoundError)):
-            raise
+                files += member.isfile()
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        if isinstance(exc, tarfile.FilterError):
+            raise UnsafeArchive(f"{exc}: refusing to extract") from None
         raise CorruptArchive(f"not a valid tar.gz archive ({exc}): it may be truncated") from None
+    if not files:
+        raise EmptyArchive(f"{budget.source} holds no files: there is nothing to restore")
     return count
 
 
-# --- putting a restore in place -----------------------------------------------------------------
-def staging_dir(target: Path) -> Path:
-    """An empty directory beside `target` (same filesystem, so the final move is a rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.restoring-", dir=target.parent))
-
-
-def move_into_place(staging: Path, target: Path) -> None:
-    """Move an extracted tree into `target`: one rename when target is new or empty, else file by file.
-
-    Files already in `target` that the archive does not hold are kept.
-    """
-    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
-        if target.exists():
-            target.rmdir()
-        os.replace(staging, target)
+def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, budget: Budget,
+                        buffer: bytearray) -> None:
+    path = safe_member_path(member.name)
+    if member.issym() or member.islnk():
+        raise UnsafeArchive(f"archive member {member.name!r} is a link: refusing to extract")
+    if member.issparse() or not (member.isfile() or member.isdir()):
+        raise UnsafeArchive(f"archive member {member.name!r} is a device or special file: refusing to extract")
+    target = dest.joinpath(*path.parts)
+    if member.isdir():
+        if target.exists() and not target.is_dir():
+            raise CorruptArchive(f"archive member {member.name!r} is both a file and a directory: the archive is corrupt")
+        target.mkdir(parents=True, exist_ok=True)
         return
-    if not target.is_dir():
-        raise UnsafeArchive(f"{target} exists and is not a directory: choose another target")
-    for dirpath, dirnames, filenames in os.walk(staging):
-        rel = Path(dirpath).relative_to(staging)
-        (target / rel).mkdir(parents=True, exist_ok=True)
-        for name in filenames:
-            os.replace(Path(dirpath) / name, target / rel / name)
-    shutil.rmtree(staging, ignore_errors=True)
+    budget.check(budget.written + member.size)  # its declared size, before any of it is written
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise CorruptArchive(f"archive member {member.name!r} is both a file and a directory: the archive is corrupt")
+    source = tar.extractfile(member)
+    view = memoryview(buffer)
+    with open(target, "wb") as out:
+        while True:
+            n = source.readinto(buffer)
+            if not n:
+                break
+            budget.add(n)
+            out.write(view[:n])
+    os.chmod(target, (member.mode & 0o755) | 0o600)  # tarfile's "data" filter: no setuid, no group/other write
+    try:
+        os.utime(target, (member.mtime, member.mtime))
+    except (OverflowError, ValueError, OSError):
+        pass

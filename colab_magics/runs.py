@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from colab_magics import checkpoints, packing, storage, transfer
+from colab_magics import checkpoints, packing, restore, storage, transfer
 from colab_magics.transfer import TransferSettings
 from colab_magics.errors import (
     ArchiveNotFound,
@@ -181,9 +180,13 @@ def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force
             raise
         if isinstance(exc, (ColabMagicsError, _PreconditionFailed, KeyboardInterrupt)):
             raise
-        if type(exc).__name__ in {"DataCorruption", "InvalidResponse"}:
+        corrupt, invalid = storage.media_errors()
+        if isinstance(exc, corrupt):  # the library deletes what it could not verify (Blob._do_resumable_upload)
             raise UploadFailed(f"upload of gs://{blob.bucket.name}/{blob.name} failed its checksum "
                                "and was deleted: run the save again") from None
+        if isinstance(exc, invalid):
+            raise UploadFailed(f"upload of gs://{blob.bucket.name}/{blob.name} got an unexpected answer "
+                               f"({storage.response_status(exc)}): run the save again") from None
         raise
     finally:
         if bar is not None:
@@ -270,27 +273,23 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
         raise ArchiveNotFound(f"{info.url} does not exist: {hint('gcs_list', parent.url)} shows what is there")
     target = Path(target_dir).expanduser()
     started = time.monotonic()
-    staging = packing.staging_dir(target)
-    try:
-        with storage.translated_errors(loc, "download"):
-            count = _extract(blob, staging, settings)
-        checkpoint = _prepare_checkpoint(staging, info.step)
-        packing.move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with restore.Restore(target, info.url) as job:  # checks the target and recovers debris first
+        with storage.translated_errors(loc, "download", bucket=bucket):
+            count = _extract(blob, job.staging, settings, job.budget(blob.size or 0, settings))
+        checkpoint = _prepare_checkpoint(job.staging, info.step)
+        job.commit()  # the kept files linked in, then one swap: TARGET_DIR is old or new, never between
     path = target / checkpoint if checkpoint is not None else None
     return Restored(info.url, target, path, info.step, count, time.monotonic() - started)
 
 
-def _extract(blob, staging: Path, settings: TransferSettings) -> int:
+def _extract(blob, staging: Path, settings: TransferSettings, budget: packing.Budget) -> int:
     options = storage.request_options(settings.retry_deadline)
     bar = transfer.progress_bar(blob.size or 0, f"download {blob.name}", settings)
     try:
         if blob.name.endswith(".zip"):
             index = packing.read_zip_index(
                 blob.size, lambda a, b: blob.download_as_bytes(start=a, end=b, checksum=None, **options))
-            sink = packing.ZipStreamExtractor(index, staging)
+            sink = packing.ZipStreamExtractor(index, staging, budget)
             tee = transfer.Crc32cTee(sink, bar)
             try:
                 blob.download_to_file(tee, checksum=None, **options)
@@ -301,7 +300,7 @@ def _extract(blob, staging: Path, settings: TransferSettings) -> int:
         else:
             with blob.open("rb", chunk_size=settings.chunk_size, **options) as reader:
                 tee = transfer.Crc32cTee(reader, bar)
-                count = packing.extract_tar_stream(tee, staging)
+                count = packing.extract_tar_stream(tee, staging, budget)
                 tee.drain()
     finally:
         if bar is not None:

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from colab_magics.errors import (
+    ArchiveNotFound,
     BucketNotFound,
     InvalidBucketURL,
     PermissionDenied,
@@ -79,8 +80,12 @@ def check_bucket_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def translated_errors(target: GcsPath | str, action: str):
-    """Turn library and network errors into one-line ColabMagicsErrors naming what to do."""
+def translated_errors(target: GcsPath | str, action: str, *, bucket=None):
+    """Turn library and network errors into one-line ColabMagicsErrors naming what to do.
+
+    A 404 on an object is told apart from a missing bucket (by the answer's words where GCS gives
+    them, else by asking whether `bucket` exists).
+    """
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
     import requests
@@ -88,6 +93,10 @@ def translated_errors(target: GcsPath | str, action: str):
     try:
         yield
     except gexc.NotFound as exc:
+        if _object_missing(target, exc, bucket):
+            raise ArchiveNotFound(
+                f"{target} no longer exists (deleted meanwhile?): %gcs_list gs://{target.bucket} shows what is there"
+            ) from None
         raise BucketNotFound(_not_found_message(target, exc)) from None
     except (gexc.Forbidden, gexc.Unauthorized) as exc:
         raise PermissionDenied(
@@ -108,6 +117,43 @@ def translated_errors(target: GcsPath | str, action: str):
         raise StorageError(f"could not {action} {target}: {exc.message or exc}") from exc
     except auth_exc.RefreshError as exc:
         raise PermissionDenied(f"could not {action} {target}: credentials expired, run  {hint('gcs_auth')}  again") from exc
+
+
+def _object_missing(target, exc, bucket) -> bool:
+    """Whether a 404 about `target` means its object is missing, its bucket being there."""
+    if not isinstance(target, GcsPath) or not target.path:
+        return False
+    url = getattr(getattr(getattr(exc, "response", None), "request", None), "url", "") or ""
+    if "/o/" not in url and "/o/" not in str(exc):
+        return False  # a bucket-level request (get bucket, list): the bucket is what is missing
+    text = str(exc).lower()
+    if "bucket does not exist" in text:  # GCS's words for a missing bucket
+        return False
+    if "no such object" in text or bucket is None:  # GCS's words for a missing object
+        return True
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import TransportError
+    import requests
+
+    try:
+        return bool(bucket.exists(retry=None, timeout=EXISTS_CHECK_DEADLINE))
+    except (GoogleAPICallError, TransportError, requests.RequestException):
+        return True  # the first error is the one to report; this only chooses its words
+
+
+def media_errors() -> tuple[type[Exception], type[Exception]]:
+    """google-cloud-storage's DataCorruption and InvalidResponse classes (3.x; google-resumable-media's in 2.x)."""
+    try:
+        from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+    except ImportError:  # google-cloud-storage 2.x
+        from google.resumable_media.common import DataCorruption, InvalidResponse
+    return DataCorruption, InvalidResponse
+
+
+def response_status(exc) -> str:
+    """'HTTP 503' from a library exception carrying the response, else its class name."""
+    code = getattr(getattr(exc, "response", None), "status_code", None)
+    return f"HTTP {code}" if code is not None else type(exc).__name__
 
 
 def _not_found_message(target, exc) -> str:

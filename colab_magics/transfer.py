@@ -26,6 +26,8 @@ class TransferSettings:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     retry_deadline: float = RETRY_DEADLINE
     progress: bool = True
+    restore_max_ratio: float = 200.0  # a restore writing more than this × the archive is refused (0: no cap)
+    restore_free_margin: int = 256 * MiB  # a restore leaves at least this much disk free
 
 
 
