@@ -157,3 +157,12 @@ class MountTimeout(MountError):
 # --- continuous archiving -----------------------------------------------------------------------
 class InvalidInterval(ColabMagicsError):
     """An archiving interval such as `--every 10m` could not be read."""
+
+
+class AlreadyArchiving(ColabMagicsError):
+    """A background archiver already watches this run directory."""
+
+
+# --- colab-magics run ---------------------------------------------------------------------------
+class CommandNotFound(ColabMagicsError):
+    """The command `colab-magics run` should supervise does not exist or is not executable."""

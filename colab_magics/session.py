@@ -22,6 +22,9 @@ class Session:
 
     auth: object | None = None  # colab_magics.auth.AuthInfo
     _client: object | None = None
+    archivers: dict = field(default_factory=dict)  # run dir → archiver.Archiver started by %gcs_archive's line form
+    supervised: object | None = None  # processes.Tracked: the command `colab-magics run` supervises
+    auth_proxies: list = field(default_factory=list)  # authproxy.AuthProxy servers in front of tunnels
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
