@@ -215,8 +215,9 @@ class ColabMagics(Magics):
     @argument("--provider", help="ngrok | cloudflared | ssh | colab | local (default: see %%config "
                                  "ColabMagics.tunnel_provider).")
     @argument("--port", type=int, help="Local port for TensorBoard (another is used if it is busy).")
-    @argument("--auth", metavar="USER:PASS", help="Credentials the tunnel asks for (ngrok); "
-                                                   "default: user 'tensorboard' and a generated password.")
+    @argument("--auth", metavar="USER:PASS", help="Credentials the URL asks for, with any provider "
+                                                   "(local included); default on ngrok, cloudflared and ssh: "
+                                                   "user 'tensorboard' and a generated password.")
     @argument("--no-auth", action="store_true", help="Open the tunnel without a password (anyone with "
                                                      "the URL sees your TensorBoard).")
     @argument("--ssh", metavar="USER@HOST[:PORT]", help="Server for --provider ssh (ssh -R).")
@@ -231,14 +232,16 @@ class ColabMagics(Magics):
     def tensorboard_tunnel(self, line: str = ""):
         """Start (or reuse) TensorBoard for LOGDIR and make it reachable; return the URL.
 
-        Flags after `--` go to TensorBoard unchanged. The ngrok tunnel asks for a password by
-        default (shown once, with the link); cloudflared quick tunnels cannot.
+        Flags after `--` go to TensorBoard unchanged. Every public tunnel (ngrok, cloudflared, ssh)
+        asks for a password by default, shown once with the link: ngrok checks it itself, the others
+        go through a basic-auth proxy on 127.0.0.1. --auth sets it on any provider, local included.
 
         Examples::
 
             %tensorboard_tunnel runs
             url = %tensorboard_tunnel runs --provider ngrok --auth me:long-password
             %tensorboard_tunnel runs --provider cloudflared
+            %tensorboard_tunnel runs --provider local --auth me:correct-horse
             %tensorboard_tunnel runs --provider ssh --ssh me@myserver.example.com --remote-port 8080
             %tensorboard_tunnel runs -- --reload_interval 5 --samples_per_plugin images=100
             %tensorboard_tunnel --list

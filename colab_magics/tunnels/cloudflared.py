@@ -1,7 +1,7 @@
 """Cloudflare quick tunnels: `cloudflared tunnel --url http://127.0.0.1:PORT`, no account needed.
 
 The public https://*.trycloudflare.com URL is read from the agent's output with a deadline. Quick
-tunnels cannot ask for a password: anyone holding the URL sees the page, and the note says so.
+tunnels cannot ask for a password themselves: `tunnels.open_tunnel` points them at an AuthProxy.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from colab_magics.tunnels import Tunnel, TunnelOptions
 URL_PATTERN = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")
 DOWNLOAD_URL = "https://github.com/cloudflare/cloudflared/releases/latest/download/cloudflared-linux-{arch}"
 DOWNLOAD_TIMEOUT = 30.0
-NO_AUTH_NOTE = ("cloudflared quick tunnels cannot ask for a password: anyone with this URL can see "
-                "TensorBoard (use --provider ngrok for basic auth).")
+NO_AUTH_NOTE = "No password (--no-auth): anyone with this URL can see TensorBoard."
 
 
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
@@ -48,7 +47,7 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
             f"printed no trycloudflare.com URL within {options.timeout:.0f} s"
         raise TunnelError(f"cloudflared {what}: {_last_line(tail)}")
     return Tunnel(url=urls[0], provider="cloudflared", port=port, process=tracked,
-                  notes=(NO_AUTH_NOTE,))
+                  notes=(NO_AUTH_NOTE,) if options.no_auth else ())
 
 
 def close(tunnel: Tunnel) -> None:
