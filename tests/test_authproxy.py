@@ -20,7 +20,6 @@ import pytest
 
 from colab_magics import authproxy, session, tensorboard, tunnels
 from colab_magics.tunnels import TunnelOptions
-from conftest import poll
 from tests.test_tensorboard import write_events
 from tests.test_tunnels import STANDINS, get, is_tensorboard_page, sshd, tb_port  # noqa: F401  (fixtures)
 
@@ -207,4 +206,19 @@ def test_the_proxy_listens_on_loopback_only_and_hides_the_password(upstream):
         assert caught.value.code == 401 and "Basic" in caught.value.headers["WWW-Authenticate"]
     finally:
         proxy.stop()
-    poll(lambda: refused(proxy.target_port) is False, 5, message="the upstream still serving")
+    assert refused(proxy.port)
+
+
+def test_big_answers_one_after_another_on_one_connection(upstream):
+    _Upstream.release.set()  # no holding back here
+    proxy = authproxy.AuthProxy(upstream, "u", "p").start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20)
+        for _ in range(2):
+            conn.request("GET", "/big", headers=_auth_header("u", "p"))
+            assert hashlib.sha256(conn.getresponse().read()).digest() == hashlib.sha256(_Upstream.payload).digest()
+        conn.request("POST", "/echo", body=b"after", headers=_auth_header("u", "p"))
+        assert conn.getresponse().read().decode() == hashlib.sha256(b"after").hexdigest()
+        conn.close()
+    finally:
+        proxy.stop()
