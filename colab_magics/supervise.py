@@ -183,7 +183,8 @@ def _describe(summary, final_timeout: float) -> str:
     if summary.failures:
         text += f"; {summary.failures} failed attempt(s), last: {summary.last_error}"
     if summary.pending:
-        text += f"; the final archive did not finish within {final_timeout:g} s"
+        text += (f"; the final archive did not finish within {final_timeout:g} s and was abandoned "
+                 "(an unfinished upload leaves nothing in the bucket)")
     return text
 
 
@@ -260,10 +261,14 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     _configure_logging()
     from colab_magics import session
+    from colab_magics.magics import ColabMagics
 
+    # the transfer settings of the magics, from COLAB_MAGICS_* (chunk size, retry deadline, progress)
+    settings = ColabMagics(shell=None).transfer_settings()
     try:
         return run(options.run_dir, options.destination, command, every=options.every, resume=options.resume,
-                   keep=options.keep, events=options.events, final_timeout=options.final_timeout)
+                   keep=options.keep, events=options.events, final_timeout=options.final_timeout,
+                   settings=settings)
     except _USAGE_ERRORS as exc:
         print(f"{PROG}: {exc} (see {PROG} --help)", file=sys.stderr)
         return 2
