@@ -177,7 +177,10 @@ def _describe(summary, final_timeout: float) -> str:
     if summary.skipped:
         return f"archiving skipped: {summary.skipped}"
     text = f"archived {summary.archives} checkpoint(s) of {summary.run} to {summary.destination}"
-    text += f"; last step {summary.last_step}: {summary.last_url}" if summary.last_url else "; no checkpoint found"
+    if summary.last_url:
+        text += f"; last step {summary.last_step}: {summary.last_url}"
+    else:
+        text += "; nothing archived yet" if summary.pending else "; no checkpoint found"
     if summary.newest_step is not None and summary.newest_step != summary.last_step:
         text += f"; newest step {summary.newest_step} is NOT archived"
     if summary.failures:
