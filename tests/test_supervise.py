@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import free_port, poll
 
@@ -25,7 +26,7 @@ import os, sys, time
 from pathlib import Path
 
 run_dir, steps, code = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-Path(os.environ["MARKER"]).write_text("started")
+Path(os.environ["MARKER"]).write_text(str(os.getpid()))
 run_dir.mkdir(parents=True, exist_ok=True)
 restored = sorted(p.name for p in run_dir.glob("step-*.pt"))
 print("restored:", " ".join(restored) or "-", flush=True)
@@ -87,18 +88,31 @@ def job(tmp_path, emulator_host):
             proc.wait(timeout=10)
 
 
-def test_sigterm_reaches_the_command_and_the_newest_step_is_archived(job, bucket):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_reaches_the_command_and_the_newest_step_is_archived(job, bucket, signum):
     proc = job.start(f"gs://{bucket.name}/exp", "--every", "0.2s")
     poll(lambda: names(bucket), 30, message="a first archive while the command runs")
     poll(lambda: job.output().count("step") >= 8, 30, message="the command's step 8")
 
-    proc.send_signal(signal.SIGTERM)  # as GCE does at preemption
+    proc.send_signal(signum)  # SIGTERM: as GCE does at preemption; SIGINT: Ctrl-C; SIGHUP: a closed terminal
 
-    assert proc.wait(timeout=40) == 128 + signal.SIGTERM, job.errors()
+    assert proc.wait(timeout=40) == 128 + signum, job.errors()
     newest = checkpoints.find_checkpoint(job.run_dir).step
     assert f"exp/run1.{newest}.zip" in names(bucket), (sorted(names(bucket)), job.errors())
     assert f"step {newest}\n" in job.output()  # the command's own output, passed through
     assert f"last step {newest}: gs://{bucket.name}/exp/run1.{newest}.zip" in job.errors()
+
+
+def test_the_command_ends_when_the_supervisor_is_killed(job, bucket):
+    proc = job.start(f"gs://{bucket.name}", "--every", "1h")
+    poll(lambda: job.marker.exists() and job.marker.read_text(), 30, message="the command started")
+    command = psutil.Process(int(job.marker.read_text()))
+
+    proc.kill()  # SIGKILL: no handler runs, yet the command must not run on unsupervised
+    proc.wait(timeout=10)
+
+    poll(lambda: not command.is_running() or command.status() == psutil.STATUS_ZOMBIE, 20,
+         message="the command ended with its supervisor")
 
 
 def test_the_commands_exit_code_is_ours_after_a_final_archive(job, bucket, tmp_path):
