@@ -398,8 +398,11 @@ class ColabMagics(Magics):
             return TableList(workers, Table(["run dir", "destination", "archives", "last step", "archived at",
                                              "last error"], rows, empty="no background archiving"))
         if args.stop:
-            for summary in archiver.stop_background(args.run_dir):
+            summaries = archiver.stop_background(args.run_dir)
+            for summary in summaries:
                 print(self._describe_archiving(summary))
+            if not summaries:
+                print("No background archiving to stop")
             return None
         _require_run(args, "%gcs_archive")
         worker = archiver.start_background(args.run_dir, args.destination, args.every, events=args.events,
