@@ -38,7 +38,6 @@ class Tunnel:
     notes: tuple[str, ...] = ()
     proxy: object | None = field(default=None, compare=False, repr=False)  # authproxy.AuthProxy, if any
 
-
     @property
     def protected(self) -> bool:
         return self.auth_password is not None
