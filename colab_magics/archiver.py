@@ -67,6 +67,7 @@ class ArchiveSummary:
     skipped: str | None = None  # why nothing was archived at all (not the chief)
     pending: bool = False  # the final archive had not finished when we stopped waiting
     newest_step: int | None = None  # newest step on disk after the final archive (None: not looked)
+    last_archived_at: float | None = None  # time.time() of the last archive written (or found already there)
     urls: tuple[str, ...] = field(default=(), repr=False)
 
 
@@ -274,7 +275,8 @@ class Archiver:
                 s = _replace(s, archives=s.archives + 1, urls=s.urls + (result.url,))
             else:
                 log.info("step %s of %s: %s", result.step, self.run_dir, result.reason)
-            self._summary = _replace(s, last_step=result.step, last_url=result.url, run=result.run)
+            self._summary = _replace(s, last_step=result.step, last_url=result.url, run=result.run,
+                                     last_archived_at=time.time())
         finally:
             if self.every is not None:
                 self._next_allowed = started + self.every
@@ -317,6 +319,55 @@ def _signature(files) -> tuple:
 
 def _replace(summary: ArchiveSummary, **changes) -> ArchiveSummary:
     return replace(summary, **changes)
+
+
+# --- session-wide archiving: the line form of %gcs_archive ----------------------------------------
+def start_background(run_dir: str | os.PathLike, destination: str, every: float | str | None = DEFAULT_EVERY,
+                     **options) -> Archiver:
+    """Start an archiver that lasts until `stop_background` or the end of the session (kernel).
+
+    One per run directory: a second one for the same directory is refused (AlreadyArchiving).
+    """
+    from colab_magics import session
+    from colab_magics.errors import AlreadyArchiving
+
+    current = session.current()
+    key = Path(run_dir).expanduser().absolute()
+    existing = current.archivers.get(key)
+    if existing is not None and existing.active:
+        raise AlreadyArchiving(f"{key} is already archived in the background to {existing.location.url}: "
+                               f"%gcs_archive --stop {key} first")
+    worker = Archiver(key, destination, every, **options).start()
+    if not worker.active:  # not the chief: nothing to keep
+        return worker
+    if not current.archivers:
+        current.on_shutdown(_stop_all_background)
+    current.archivers[key] = worker
+    return worker
+
+
+def background() -> list[Archiver]:
+    """The session's background archivers (started by `start_background`), oldest first."""
+    from colab_magics import session
+
+    return list(session.current().archivers.values())
+
+
+def stop_background(run_dir: str | os.PathLike | None = None, timeout: float = FINAL_TIMEOUT) -> list[ArchiveSummary]:
+    """Stop the background archiver of `run_dir` (every one when None) after a final archive each."""
+    from colab_magics import session
+    from colab_magics.errors import ColabMagicsError
+
+    archivers = session.current().archivers
+    keys = list(archivers) if run_dir is None else [Path(run_dir).expanduser().absolute()]
+    if run_dir is not None and keys[0] not in archivers:
+        raise ColabMagicsError(f"{keys[0]} is not archived in the background: %gcs_archive --status shows what is")
+    deadline = time.monotonic() + timeout  # one deadline for all of them, as the last-chance flush
+    return [archivers.pop(key).stop(final=True, timeout=max(deadline - time.monotonic(), 0.0)) for key in keys]
+
+
+def _stop_all_background() -> None:
+    stop_background(timeout=LAST_CHANCE_TIMEOUT)
 
 
 # --- last-chance flush: the session's shutdown (atexit, SIGTERM, SIGHUP) while an archiver runs --

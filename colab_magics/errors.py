@@ -211,3 +211,10 @@ def check_argument(call: str, name: str, value, kinds: tuple, what: str) -> None
         return
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     raise InvalidArgument(f"{call}: {name} must be {what}, not {shown}")
+class AlreadyArchiving(ColabMagicsError):
+    """A background archiver already watches this run directory."""
+
+
+# --- colab-magics run ---------------------------------------------------------------------------
+class CommandNotFound(ColabMagicsError):
+    """The command `colab-magics run` should supervise does not exist or is not executable."""

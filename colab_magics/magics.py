@@ -13,7 +13,7 @@ import shlex
 from typing import Sequence
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, Unicode, default
 
@@ -262,8 +262,9 @@ class ColabMagics(Magics):
     @argument("--provider", help="ngrok | cloudflared | ssh | colab | local (default: the tunnel_provider "
                                  "setting, else colab in Colab, ngrok when NGROK_AUTHTOKEN is set, else local).")
     @argument("--port", type=int, help="Local port for TensorBoard (another is used if it is busy).")
-    @argument("--auth", metavar="USER:PASS", help="Credentials the tunnel asks for (ngrok); "
-                                                   "default: user 'tensorboard' and a generated password.")
+    @argument("--auth", metavar="USER:PASS", help="Credentials the URL asks for, with any provider "
+                                                   "(local included); default on ngrok, cloudflared and ssh: "
+                                                   "user 'tensorboard' and a generated password.")
     @argument("--no-auth", action="store_true", help="Open the tunnel without a password (anyone with "
                                                      "the URL sees your TensorBoard).")
     @argument("--ssh", metavar="USER@HOST[:PORT]", help="Server for --provider ssh (ssh -R).")
@@ -279,8 +280,10 @@ class ColabMagics(Magics):
         """Start (or reuse) TensorBoard for LOGDIR and make it reachable; return the URL.
 
         Flags after `--` go to TensorBoard unchanged. In Colab TensorBoard is shown in the output
-        (provider colab). The ngrok tunnel asks for a password by default (shown once, with the
-        link); cloudflared quick tunnels cannot. A gs:// LOGDIR is read by TensorBoard itself.
+        (provider colab). Every public tunnel (ngrok, cloudflared, ssh) asks for a password by
+        default, shown once with the link: ngrok checks it itself, the others go through a
+        basic-auth proxy on 127.0.0.1. --auth sets it on any provider, local included. A gs://
+        LOGDIR is read by TensorBoard itself.
 
         Examples::
 
@@ -288,6 +291,7 @@ class ColabMagics(Magics):
             url = %tensorboard_tunnel runs --provider ngrok --auth me:long-password
             %tensorboard_tunnel runs --provider cloudflared
             %tensorboard_tunnel gs://my-bucket/logs
+            %tensorboard_tunnel runs --provider local --auth me:correct-horse
             %tensorboard_tunnel runs --provider ssh --ssh me@myserver.example.com --remote-port 8080
             %tensorboard_tunnel runs -- --reload_interval 5 --samples_per_plugin images=100
             %tensorboard_tunnel --list
@@ -376,16 +380,21 @@ class ColabMagics(Magics):
         return result.mount_point
 
     # --- continuous archiving -------------------------------------------------------------------
-    @cell_magic
+    @line_cell_magic
     @magic_arguments()
-    @argument("run_dir", help="The run directory the cell writes checkpoints into (it may not exist yet).")
-    @argument("destination", help="gs://BUCKET[/PREFIX] (or a bare bucket name).")
+    @argument("run_dir", nargs="?", help="The run directory the cell writes checkpoints into (it may not exist yet).")
+    @argument("destination", nargs="?", help="gs://BUCKET[/PREFIX] (or a bare bucket name).")
     @argument("--every", default="10m", metavar="INTERVAL",
               help="Shortest time between two archives: 90 (seconds), 30s, 10m, 1h (default 10m).")
     @argument("--events", action="store_true", help="Also archive every events.out.tfevents.* below RUN_DIR.")
     @argument("--keep", type=int, metavar="N", help="After each archive, delete all but the newest N of this run.")
-    def gcs_archive(self, line: str | Sequence[str] = "", cell: str = ""):
-        """Run the cell while a background worker archives RUN_DIR's newest checkpoint to a bucket.
+    @argument("--stop", action="store_true", help="Line form: end the background archiving of RUN_DIR (of every "
+                                                  "run without it) after a final archive; print the summary.")
+    @argument("--status", action="store_true", help="Line form: show what each background archiver archived, "
+                                                    "when, and its last error.")
+    def gcs_archive(self, line: str | Sequence[str] = "", cell: str | None = None):
+        """Archive RUN_DIR's newest checkpoint to a bucket from a background worker: while the cell runs
+        (%%gcs_archive), or for the rest of the session (%gcs_archive, the line form).
 
         A new step is archived (as RUN.STEP.zip, like %gcs_save) at most once per --every; when
         the cell ends — normally, with an error or by the Stop button — the newest step is archived
@@ -394,13 +403,23 @@ class ColabMagics(Magics):
         JAX multi-host, torch.distributed: see colab_magics.workers) archive nothing.
         SIGTERM and interpreter exit during the cell also archive the newest step first.
 
+        The line form starts the same worker and returns at once: it archives while any later cell
+        trains, until `%gcs_archive --stop` (a final archive, then the summary) or the kernel ends
+        (a last-chance archive, within 20 s). `%gcs_archive --status` shows what it did.
+
         Examples::
 
             %%gcs_archive /content/runs/run1 gs://my-bucket/experiments --every 10m --keep 3
             model.fit(x, y, epochs=50, callbacks=[keras.callbacks.ModelCheckpoint(
                 "/content/runs/run1/ckpt-{epoch:03d}.weights.h5", save_weights_only=True)])
+
+            %gcs_archive /content/runs/run1 gs://my-bucket/experiments --every 10m
+            %gcs_archive --status
+            %gcs_archive --stop
         """
         __tracebackhide__ = True  # IPython hides this frame: the traceback shown is the cell's
+        if cell is None:
+            return self._archive_in_background(line)
         worker = self._start_archiver(line)
         try:
             return self._exec_cell(self.shell, cell, f"%%gcs_archive {line}")
@@ -412,8 +431,65 @@ class ColabMagics(Magics):
         from colab_magics import archiver
 
         args, _ = parse(self.gcs_archive, line)
+        if args.stop or args.status:
+            raise UsageError("--stop and --status belong to the line form: %gcs_archive --status")
+        _require_run(args, "%%gcs_archive")
         return archiver.Archiver(args.run_dir, args.destination, args.every, events=args.events,
                                  keep=args.keep, settings=self.transfer_settings()).start()
+
+    @expected_errors
+    def _archive_in_background(self, line: str):
+        """The line form: start (or --stop, or show with --status) session-wide archiving."""
+        from colab_magics import archiver
+        from colab_magics.display import Table, TableList
+
+        args, _ = parse(self.gcs_archive, line)
+        if args.status:
+            workers = archiver.background()
+            rows = [_archiving_row(w.run_dir, w.summary()) for w in workers]
+            return TableList(workers, Table(["run dir", "destination", "archives", "last step", "archived at",
+                                             "last error"], rows, empty="no background archiving"))
+        if args.stop:
+            summaries = archiver.stop_background(args.run_dir)
+            for summary in summaries:
+                print(self._describe_archiving(summary))
+            if not summaries:
+                print("No background archiving to stop")
+            return None
+        _require_run(args, "%gcs_archive")
+        worker = archiver.start_background(args.run_dir, args.destination, args.every, events=args.events,
+                                           keep=args.keep, settings=self.transfer_settings())
+        summary = worker.summary()
+        if summary.skipped:
+            print(f"Archiving skipped: {summary.skipped}")
+        else:
+            print(f"Archiving {worker.run_dir} to {summary.destination} every {args.every} in the background, "
+                  f"until %gcs_archive --stop or the end of the kernel")
+        return None
+
+    @line_magic
+    @magic_arguments()
+    @argument("run_dir", help="The run directory to restore into (its name is the run's RUN).")
+    @argument("destination", help="gs://BUCKET[/PREFIX] the run is archived under.")
+    @expected_errors
+    def gcs_resume(self, line: str = ""):
+        """Restore the latest archive of RUN_DIR's run into RUN_DIR, if there is one; return the record.
+
+        With nothing archived yet it is a fresh start, not an error: the result is falsy and says so,
+        so the first cell of a notebook is the same on the first run and after a reset. A missing
+        bucket is still an error.
+
+        Examples::
+
+            resumed = %gcs_resume /content/runs/run1 gs://my-bucket/experiments
+            start_step = resumed.step if resumed else 0
+        """
+        from colab_magics import runs
+
+        args, _ = parse(self.gcs_resume, line)
+        result = runs.resume(args.run_dir, args.destination, settings=self.transfer_settings())
+        print(_describe_load(result) if result else f"Fresh start: {result.note}")
+        return result
 
     @staticmethod
     def _exec_cell(shell, cell: str, first_line: str):
@@ -451,6 +527,19 @@ class ColabMagics(Magics):
 def _relative(prefix: str, asked: str) -> str:
     """Where an archive sits relative to the prefix asked about: "." for right there."""
     return prefix[len(asked):].strip("/") or "." if prefix.startswith(asked) else prefix
+
+
+def _require_run(args, magic: str) -> None:
+    if not (args.run_dir and args.destination):
+        raise UsageError(f"give RUN_DIR and gs://BUCKET[/PREFIX]: {magic} runs/run1 gs://my-bucket/exp")
+
+
+def _archiving_row(run_dir, summary) -> tuple:
+    from datetime import datetime, timezone
+
+    when = datetime.fromtimestamp(summary.last_archived_at, timezone.utc) if summary.last_archived_at else None
+    return (run_dir, summary.destination, summary.archives, summary.last_step if summary.last_step is not None else "-",
+            _when(when), summary.last_error or "-")
 
 
 def _when(moment) -> str:

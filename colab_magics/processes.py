@@ -211,11 +211,18 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, tracked: Tr
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     """True when `url` answers HTTP 200: the readiness check of every server we start."""
+    return http_status(url, timeout) == 200
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """The HTTP status `url` answers with (401 and 5xx included), or None when nothing answers."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except (urllib.error.URLError, OSError):
-        return False
+        return None
 
 
 def free_port() -> int:

@@ -282,6 +282,47 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
     return Restored(info.url, target, path, info.step, count, time.monotonic() - started)
 
 
+@dataclass(frozen=True)
+class FreshStart:
+    """`resume` found no archive of the run: falsy, so `if resume(...):` reads as "was anything restored"."""
+
+    run: str
+    location: str
+    target: Path
+    step: None = None
+    epoch: None = None
+
+    @property
+    def note(self) -> str:
+        return f"no archive of {self.run} under {self.location}: starting fresh"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return self.note
+
+
+def resume(run_dir, destination: str, *, settings: TransferSettings | None = None, client=None):
+    """Restore the latest archive of RUN_DIR's run (RUN = its name) from gs://BUCKET[/PREFIX] into it.
+
+    Returns `load_run`'s record, or a falsy `FreshStart` when the bucket holds no archive of the run,
+    so the first cell of a notebook (or a job's first line) is the same on the first run and after a
+    reset. A missing bucket is still an error: only "no archives yet" is a fresh start.
+    """
+    settings = settings or TransferSettings()
+    target = Path(run_dir).expanduser()
+    location = storage.parse_url(destination)
+    run = target.resolve().name
+    client = client or _client()
+    storage.require_bucket(client, location, settings.retry_deadline)
+    archives = list_archives(location, run, client=client, deadline=settings.retry_deadline)
+    if not archives:
+        return FreshStart(run, location.url, target)
+    newest = max(archives, key=lambda a: a.step)
+    return load_run(newest.url, target, settings=settings, client=client)
+
+
 def _extract(blob, staging: Path, settings: TransferSettings, budget: packing.Budget) -> int:
     options = storage.request_options(settings.retry_deadline)
     bar = transfer.progress_bar(blob.size or 0, f"download {blob.name}", settings)

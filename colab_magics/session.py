@@ -89,6 +89,9 @@ class Session:
     active_archivers: Registry = field(default_factory=Registry)
     #: the emulator process we started (None when we use one started elsewhere)
     emulator_process: Tracked | None = None
+    archivers: dict = field(default_factory=dict)  # run dir → archiver.Archiver started by %gcs_archive's line form
+    supervised: object | None = None  # processes.Tracked: the command `colab-magics run` supervises
+    auth_proxies: list = field(default_factory=list)  # authproxy.AuthProxy servers in front of tunnels
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _previous_handlers: dict = field(default_factory=dict)

@@ -237,8 +237,9 @@ def test_cloudflared_reads_the_quick_tunnel_url_and_forwards(tb_port, trycloudfl
     tunnel = tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=20))
     try:
         assert re.fullmatch(r"https://[a-z-]+\.trycloudflare\.com", tunnel.url)
-        assert any("cannot ask for a password" in note for note in tunnel.notes)
-        status, body = get(tunnel.url + "/")
+        assert tunnel.protected  # through the AuthProxy (test_authproxy.py checks the refusals)
+        assert get(tunnel.url + "/")[0] == 401
+        status, body = get(tunnel.url + "/", (tunnel.auth_user, tunnel.auth_password))
         assert status == 200 and is_tensorboard_page(body)
     finally:
         tunnels.close_tunnel(tunnel)
@@ -251,7 +252,7 @@ def test_cloudflared_is_ready_only_when_its_url_answers(tb_port, trycloudflare, 
 
     tunnel = tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, timeout=20))
     try:
-        assert get(tunnel.url + "/", timeout=2)[0] == 200  # at once, not a 530 from the edge
+        assert get(tunnel.url + "/", (tunnel.auth_user, tunnel.auth_password), timeout=2)[0] == 200  # not a 530
         assert "Registered tunnel connection" in tunnel.process.output_tail()
     finally:
         tunnels.close_tunnel(tunnel)
@@ -330,11 +331,6 @@ def test_cloudflared_pins_a_release_and_its_checksums():
     assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in cloudflared.SHA256.values())
 
 
-def test_cloudflared_refuses_a_password_it_cannot_enforce(tb_port):
-    with pytest.raises(TunnelError, match="cannot ask for a password"):
-        tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, auth=("me", "x" * 12)))
-
-
 def test_cloudflared_missing_and_offline(tmp_path, tb_port, offline, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no cloudflared anywhere
 
@@ -394,7 +390,7 @@ def test_ssh_forward_serves_tensorboard_through_the_server(sshd, tb_port):
         # The server picked the remote port; nobody printed a URL, so it is http://HOST:PORT/.
         remote = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)/", tunnel.url).group(1))
         assert remote != tb_port
-        status, body = get(tunnel.url)
+        status, body = get(tunnel.url, (tunnel.auth_user, tunnel.auth_password))
         assert status == 200 and is_tensorboard_page(body)
     finally:
         tunnels.close_tunnel(tunnel)
@@ -421,7 +417,7 @@ def test_ssh_with_a_given_remote_port_and_url(sshd, tb_port):
     tunnel = tunnels.open_tunnel("ssh", tb_port, options)
 
     assert tunnel.url == f"http://127.0.0.1:{remote}/"
-    assert get(tunnel.url)[0] == 200
+    assert get(tunnel.url, (tunnel.auth_user, tunnel.auth_password))[0] == 200
     tunnels.close_tunnel(tunnel)
 
 
@@ -535,7 +531,6 @@ def test_magic_ngrok_with_the_users_credentials(ip, ngrok_env, tmp_path, capsys)
 
 @pytest.mark.parametrize("line, message", [
     ("{logdir} --provider ngrok", "ngrok needs an authtoken"),
-    ("{logdir} --provider cloudflared --auth me:longenough", "cannot ask for a password"),
     ("{logdir} --provider ngrok --auth me:longenough --no-auth", "contradict"),
     ("{logdir} --provider ssh", "needs --ssh user@host"),
 ])

@@ -2,7 +2,9 @@
 
 `open_tunnel(provider, port, ...)` returns a `Tunnel` record; each provider is a small module
 (`ngrok`, `cloudflared`, `ssh`, `colab`, `local`) with `open(port, options) -> Tunnel` and
-`close(tunnel)`. Provider modules import their third-party packages lazily.
+`close(tunnel)`. Provider modules import their third-party packages lazily. Providers that cannot
+ask for a password themselves (all but ngrok) get one from an `authproxy.AuthProxy` put between
+the tunnel and the port, so every tunnel can be protected.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from colab_magics import hosted, processes, session
@@ -18,7 +20,7 @@ from colab_magics.errors import TunnelError, UnknownProvider
 
 PROVIDERS = ("ngrok", "cloudflared", "ssh", "colab", "local")
 PUBLIC_PROVIDERS = ("ngrok", "cloudflared", "ssh")
-AUTH_PROVIDERS = ("ngrok",)  # providers that can make the tunnel itself ask for a password
+AUTH_PROVIDERS = ("ngrok",)  # providers that ask for the password themselves; the others get an AuthProxy
 DEFAULT_USER = "tensorboard"
 
 
@@ -34,13 +36,14 @@ class Tunnel:
     process: processes.Tracked | None = field(default=None, compare=False, repr=False)
     notes: tuple[str, ...] = ()
     inline: bool = False  # the notebook can show the port inside the cell's output (Colab)
+    proxy: object | None = field(default=None, compare=False, repr=False)  # authproxy.AuthProxy, if any
 
     @property
     def protected(self) -> bool:
         return self.auth_password is not None
 
     def alive(self) -> bool:
-        return self.process is None or self.process.alive()
+        return (self.process is None or self.process.alive()) and (self.proxy is None or self.proxy.alive())
 
 
 @dataclass(frozen=True)
@@ -112,14 +115,16 @@ def parse_auth(auth: str) -> tuple[str, str]:
 
 
 def check_auth(provider: str, options: TunnelOptions) -> None:
-    """Refuse, rather than ignore, a password asked of a provider that cannot ask for one."""
+    """Refuse contradicting wishes (every provider can ask for a password: through an AuthProxy)."""
     if options.auth and options.no_auth:
         raise TunnelError("--auth and --no-auth contradict each other: pass one of them")
-    if options.auth and provider not in AUTH_PROVIDERS:
-        raise TunnelError(
-            f"the {provider} provider cannot ask for a password: use --provider ngrok for "
-            f"basic auth, or drop --auth"
-        )
+
+
+def password_expected(provider: str, options: TunnelOptions) -> bool:
+    """A new tunnel asks for a password: with --auth, and on every public provider unless --no-auth."""
+    if options.no_auth:
+        return False
+    return options.auth is not None or provider in PUBLIC_PROVIDERS
 
 
 def credentials(options: TunnelOptions) -> tuple[str, str] | None:
@@ -159,9 +164,26 @@ def open_tunnel(provider: str, port: int, options: TunnelOptions | None = None,
             return Reopened(existing)
         if existing is not None:
             close_tunnel(existing)
-    tunnel = module.open(port, options)
+    if provider in AUTH_PROVIDERS or not password_expected(provider, options):
+        tunnel = module.open(port, options)
+    else:
+        tunnel = _open_behind_proxy(module, port, options)
     _registry().add((tunnel.provider, tunnel.url), tunnel)
     return tunnel
+
+
+def _open_behind_proxy(module, port: int, options: TunnelOptions) -> Tunnel:
+    """The provider's tunnel to an AuthProxy in front of `port`; recorded as a tunnel to `port`."""
+    from colab_magics.authproxy import AuthProxy
+
+    user, password = credentials(options)
+    proxy = AuthProxy(port, user, password).start()
+    try:
+        tunnel = module.open(proxy.port, options)
+    except BaseException:
+        proxy.stop()
+        raise
+    return replace(tunnel, port=port, auth_user=user, auth_password=password, proxy=proxy)
 
 
 def describe(opened: Tunnel | Reopened) -> list[str]:
@@ -180,6 +202,8 @@ def describe(opened: Tunnel | Reopened) -> list[str]:
 def close_tunnel(tunnel: Tunnel) -> None:
     """Close one tunnel and end its process."""
     provider_module(tunnel.provider).close(tunnel)
+    if tunnel.proxy is not None:
+        tunnel.proxy.stop()
     _registry().remove((tunnel.provider, tunnel.url), tunnel)
 
 
@@ -201,4 +225,4 @@ def _same_auth(tunnel: Tunnel, options: TunnelOptions) -> bool:
         return not tunnel.protected
     if options.auth is not None:
         return (tunnel.auth_user, tunnel.auth_password) == options.auth
-    return tunnel.protected or tunnel.provider not in AUTH_PROVIDERS
+    return tunnel.protected or not password_expected(tunnel.provider, options)

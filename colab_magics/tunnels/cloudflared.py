@@ -2,10 +2,10 @@
 
 The public https://*.trycloudflare.com URL is read from the agent's output, but cloudflared prints it
 before its edge connection is up (cloudflared #513) and never connects where UDP/QUIC is blocked
-(#510, #617): the tunnel is ready only when an HTTP request through that URL answers, all within
-one deadline. Quick tunnels cannot ask for a password: anyone holding the URL sees the page, and
-the note says so. A missing agent is downloaded from a pinned release and checked against the
-sha256 published in that release's notes.
+(#510, #617): the tunnel is ready only when an HTTP request through that URL reaches the origin, all
+within one deadline. Quick tunnels cannot ask for a password themselves: `tunnels.open_tunnel`
+points them at an AuthProxy. A missing agent is downloaded from a pinned release and checked
+against the sha256 published in that release's notes.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ DOWNLOAD_URL = "https://github.com/cloudflare/cloudflared/releases/download/{ver
 DOWNLOAD_URL_ENV = "COLAB_MAGICS_CLOUDFLARED_URL"  # a mirror: same {version}/{arch} template, same checksum
 DOWNLOAD_TIMEOUT = 30.0
 PROBE_INTERVAL = 0.5
-NO_AUTH_NOTE = ("cloudflared quick tunnels cannot ask for a password: anyone with this URL can see "
-                "TensorBoard (use --provider ngrok for basic auth).")
+NO_AUTH_NOTE = "No password (--no-auth): anyone with this URL can see TensorBoard."
 
 
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
@@ -59,11 +58,19 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
     if not processes.wait_until(found.is_set, timeout=options.timeout, tracked=tracked):
         _give_up(tracked, f"printed no trycloudflare.com URL within {options.timeout:.0f} s")
     url = urls[0]
-    if not processes.wait_until(lambda: processes.http_ok(url, PROBE_INTERVAL * 4), interval=PROBE_INTERVAL,
+    if not processes.wait_until(lambda: _reaches_origin(url), interval=PROBE_INTERVAL,
                                 timeout=max(0.0, deadline - time.monotonic()), tracked=tracked):
         _give_up(tracked, f"printed {url} but it did not answer within {options.timeout:.0f} s (its edge "
                           f"connection never came up: UDP/QUIC may be blocked here; try --provider ngrok)")
-    return Tunnel(url=url, provider="cloudflared", port=port, process=tracked, notes=(NO_AUTH_NOTE,))
+    return Tunnel(url=url, provider="cloudflared", port=port, process=tracked,
+                  notes=(NO_AUTH_NOTE,) if options.no_auth else ())
+
+
+def _reaches_origin(url: str) -> bool:
+    """A request through the URL got an answer from our side (200, or 401 from the password proxy),
+    not the edge's 5xx (530 / error 1033) of a tunnel whose connection is not up yet."""
+    status = processes.http_status(url, PROBE_INTERVAL * 4)
+    return status is not None and status < 500
 
 
 def _give_up(tracked: processes.Tracked, what: str) -> None:

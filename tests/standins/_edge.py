@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-              "proxy-authorization", "proxy-authenticate", "host", "authorization"}
+              "proxy-authorization", "proxy-authenticate", "host"}
 
 
 def start_edge(target_host: str, target_port: int, credentials: list[str] | None = None, *,
@@ -49,7 +49,10 @@ def start_edge(target_host: str, target_port: int, credentials: list[str] | None
                     return
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+            # The edge consumes the credentials it checks itself; otherwise (cloudflared) Authorization
+            # reaches the origin unchanged, as through the real edge.
+            dropped = HOP_BY_HOP | ({"authorization"} if allowed else set())
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
             conn = http.client.HTTPConnection(target_host, target_port, timeout=30)
             try:
                 conn.request(self.command, self.path, body=body, headers=headers)

@@ -1,0 +1,199 @@
+"""`colab-magics run`: a training command survives preemption with its newest step in the bucket.
+
+The real entry point runs as a subprocess (`python -m colab_magics.supervise`) against the
+fake-gcs-server emulator; the supervised command is a real Python script writing checkpoints the way
+frameworks should (temporary file, then rename), and a real SIGTERM is sent to the supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import free_port, poll
+
+from colab_magics import checkpoints, runs
+
+NO_PROGRESS = runs.TransferSettings(progress=False)
+
+TRAIN = r"""
+import os, sys, time
+from pathlib import Path
+
+run_dir, steps, code = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+Path(os.environ["MARKER"]).write_text(str(os.getpid()))
+run_dir.mkdir(parents=True, exist_ok=True)
+restored = sorted(p.name for p in run_dir.glob("step-*.pt"))
+print("restored:", " ".join(restored) or "-", flush=True)
+first = max((int(name[5:-3]) for name in restored), default=0) + 1
+for step in range(first, first + steps):
+    tmp = run_dir / f".step-{step}.tmp"
+    tmp.write_bytes(os.urandom(256 * 1024))
+    os.replace(tmp, run_dir / f"step-{step}.pt")
+    print("step", step, flush=True)
+    time.sleep(0.05)
+sys.exit(code)
+"""
+
+
+def names(bucket) -> set[str]:
+    return {blob.name for blob in bucket.client.list_blobs(bucket.name)}
+
+
+@pytest.fixture()
+def job(tmp_path, emulator_host):
+    """Run `colab-magics run` as a job scheduler would: `job.start(...)` → Popen, output in `job.log`."""
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+
+    class Job:
+        run_dir = tmp_path / "run1"
+        marker = tmp_path / "marker"
+        log = tmp_path / "job.log"
+        err = tmp_path / "job.err"
+        env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator_host, COLAB_MAGICS_PROGRESS="false",
+                   MARKER=str(tmp_path / "marker"))
+        procs: list[subprocess.Popen] = []
+
+        def argv(self, destination, *options, steps=10_000, code=0, command=None):
+            command = command or [sys.executable, str(script), str(self.run_dir), str(steps), str(code)]
+            return [sys.executable, "-m", "colab_magics.supervise", str(self.run_dir), destination,
+                    *options, "--", *command]
+
+        def start(self, destination, *options, **kw) -> subprocess.Popen:
+            with open(self.log, "wb") as out, open(self.err, "wb") as err:
+                proc = subprocess.Popen(self.argv(destination, *options, **kw), stdout=out, stderr=err, env=self.env)
+            self.procs.append(proc)
+            return proc
+
+        def run(self, destination, *options, timeout=60, **kw) -> int:
+            return self.start(destination, *options, **kw).wait(timeout=timeout)
+
+        def output(self) -> str:
+            return self.log.read_text()
+
+        def errors(self) -> str:
+            return self.err.read_text()
+
+    job = Job()
+    yield job
+    for proc in job.procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_reaches_the_command_and_the_newest_step_is_archived(job, bucket, signum):
+    proc = job.start(f"gs://{bucket.name}/exp", "--every", "0.2s")
+    poll(lambda: names(bucket), 30, message="a first archive while the command runs")
+    poll(lambda: job.output().count("step") >= 8, 30, message="the command's step 8")
+
+    proc.send_signal(signum)  # SIGTERM: as GCE does at preemption; SIGINT: Ctrl-C; SIGHUP: a closed terminal
+
+    assert proc.wait(timeout=40) == 128 + signum, job.errors()
+    newest = checkpoints.find_checkpoint(job.run_dir).step
+    assert f"exp/run1.{newest}.zip" in names(bucket), (sorted(names(bucket)), job.errors())
+    assert f"step {newest}\n" in job.output()  # the command's own output, passed through
+    assert f"last step {newest}: gs://{bucket.name}/exp/run1.{newest}.zip" in job.errors()
+
+
+def test_the_command_ends_when_the_supervisor_is_killed(job, bucket):
+    proc = job.start(f"gs://{bucket.name}", "--every", "1h")
+    poll(lambda: job.marker.exists() and job.marker.read_text(), 30, message="the command started")
+    command = psutil.Process(int(job.marker.read_text()))
+
+    proc.kill()  # SIGKILL: no handler runs, yet the command must not run on unsupervised
+    proc.wait(timeout=10)
+
+    poll(lambda: not command.is_running() or command.status() == psutil.STATUS_ZOMBIE, 20,
+         message="the command ended with its supervisor")
+
+
+def test_the_commands_exit_code_is_ours_after_a_final_archive(job, bucket, tmp_path):
+    code = job.run(f"gs://{bucket.name}", "--every", "1h", steps=3, code=3)
+
+    assert code == 3, job.errors()
+    assert "run1.3.zip" in names(bucket)  # the final archive holds the last step
+    restored = runs.load_run(f"gs://{bucket.name}/run1", tmp_path / "back", settings=NO_PROGRESS)
+    assert (restored.target / "step-3.pt").read_bytes() == (job.run_dir / "step-3.pt").read_bytes()
+
+
+def test_resume_restores_the_latest_archive_before_the_command_starts(job, bucket, tmp_path):
+    earlier = tmp_path / "earlier" / "run1"  # the same run, on a VM that was since reset
+    earlier.mkdir(parents=True)
+    for step in (4, 7):
+        (earlier / f"step-{step}.pt").write_bytes(os.urandom(1024))
+        runs.save_run(earlier, f"gs://{bucket.name}/exp", settings=NO_PROGRESS)
+
+    code = job.run(f"gs://{bucket.name}/exp", "--resume", "--every", "1h", steps=2)
+
+    assert code == 0, job.errors()
+    assert "restored: step-7.pt\n" in job.output()  # the command saw the newest archive's files
+    assert (job.run_dir / "step-7.pt").read_bytes() == (earlier / "step-7.pt").read_bytes()
+    assert "resumed from" in job.errors() and "(step 7)" in job.errors()
+    assert "exp/run1.9.zip" in names(bucket)  # it went on from step 8 and was archived
+
+
+def test_resume_with_nothing_in_the_bucket_is_a_fresh_start(job, bucket):
+    code = job.run(f"gs://{bucket.name}/exp", "--resume", steps=1)
+
+    assert code == 0, job.errors()
+    assert "restored: -\n" in job.output()
+    assert f"no archive of run1 under gs://{bucket.name}/exp: starting fresh" in job.errors()
+    assert names(bucket) == {"exp/run1.1.zip"}
+
+
+def test_only_the_chief_archives(job, bucket):
+    job.env["RANK"] = "1"
+
+    assert job.run(f"gs://{bucket.name}", steps=2) == 0, job.errors()
+
+    assert names(bucket) == set()
+    assert "archiving skipped: not the chief worker (RANK=1)" in job.errors()
+
+
+@pytest.mark.parametrize("case, expected, message", [
+    ("no --", 2, "no command: put it after --"),
+    ("not found", 2, "command 'no-such-trainer' is not on PATH"),
+    ("bad interval", 2, "is not an interval"),
+    ("run dir is a file", 1, "is a file"),
+    ("no bucket", 1, "does not exist"),
+    ("unreachable", 1, "does not answer"),
+])
+def test_bad_input_is_one_line_and_the_command_never_starts(job, bucket, case, expected, message):
+    destination, options, command = f"gs://{bucket.name}", [], None
+    if case == "not found":
+        command = ["no-such-trainer", "--lr", "3e-4"]
+    elif case == "bad interval":
+        options = ["--every", "soon"]
+    elif case == "run dir is a file":
+        job.run_dir.write_text("not a directory")
+    elif case == "no bucket":
+        destination = "gs://no-such-bucket-here"
+    elif case == "unreachable":
+        job.env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    argv = job.argv(destination, *options, command=command)
+    if case == "no --":
+        argv.remove("--")
+
+    proc = subprocess.run(argv, env=job.env, capture_output=True, text=True, timeout=90)
+
+    assert proc.returncode == expected, proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not job.marker.exists()  # the command never started
+    if expected == 2:
+        assert "colab-magics run --help" in proc.stderr
+
+
+def test_help_exits_zero():
+    proc = subprocess.run([sys.executable, "-m", "colab_magics.supervise", "--help"],
+                          capture_output=True, text=True, timeout=60)
+
+    assert proc.returncode == 0 and "--final-timeout" in proc.stdout
