@@ -71,7 +71,8 @@ class ColabMagics(Magics):
     chunk_size_mb = Int(help="Upload/download chunk size in MiB (resumable-upload chunk; memory ≈ 2 chunks).").tag(config=True)
     retry_deadline = Float(help="Seconds a request may go unanswered (retries included) before the operation fails.").tag(config=True)
     progress = Bool(help="Show progress bars for transfers of 64 MiB or more.").tag(config=True)
-    emulator_dir = Unicode(help="Where `%gcs_auth --emulator` keeps the local emulator's data.").tag(config=True)
+    emulator_dir = Unicode(help="Where `%gcs_auth --emulator` keeps the local emulator's data; empty: "
+                                "COLAB_MAGICS_EMULATOR_DIR, else ~/.cache/colab_magics/gcs-emulator.").tag(config=True)
     restore_max_ratio = Float(help="%gcs_load refuses an archive that would write more than this many times "
                                    "its own size (a zip bomb); 0: no cap.").tag(config=True)
     restore_free_margin_mb = Int(help="%gcs_load refuses an archive that would leave less than this many MiB "
@@ -100,12 +101,6 @@ class ColabMagics(Magics):
     @default("restore_free_margin_mb")
     def _restore_free_margin_default(self):
         return _env("restore_free_margin_mb", 256, int)
-
-    @default("emulator_dir")
-    def _emulator_dir_default(self):
-        from colab_magics.emulator import default_root
-
-        return str(default_root())  # COLAB_MAGICS_EMULATOR_DIR, else the user's cache directory
 
     def transfer_settings(self):
         from colab_magics.transfer import TransferSettings
