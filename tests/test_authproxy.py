@@ -21,7 +21,7 @@ import pytest
 from colab_magics import authproxy, session, tensorboard, tunnels
 from colab_magics.tunnels import TunnelOptions
 from tests.test_tensorboard import write_events
-from tests.test_tunnels import STANDINS, get, is_tensorboard_page, sshd, tb_port  # noqa: F401  (fixtures)
+from tests.test_tunnels import STANDINS, get, is_tensorboard_page, sshd, tb_port, trycloudflare  # noqa: F401  (fixtures)
 
 
 def refused(port: int) -> bool:
@@ -58,7 +58,7 @@ def test_ssh_tunnels_ask_for_a_generated_password(sshd, tb_port):  # noqa: F811
     assert tunnel.proxy not in session.current().auth_proxies
 
 
-def test_cloudflared_tunnels_ask_for_the_users_password(tb_port):  # noqa: F811
+def test_cloudflared_tunnels_ask_for_the_users_password(tb_port, trycloudflare):  # noqa: F811
     tunnel = tunnels.open_tunnel("cloudflared", tb_port,
                                  TunnelOptions(bin_dir=STANDINS, auth=("ana", "correct horse"), timeout=20))
     try:
@@ -69,7 +69,7 @@ def test_cloudflared_tunnels_ask_for_the_users_password(tb_port):  # noqa: F811
         tunnels.close_tunnel(tunnel)
 
 
-def test_cloudflared_without_a_password_only_when_asked(tb_port):  # noqa: F811
+def test_cloudflared_without_a_password_only_when_asked(tb_port, trycloudflare):  # noqa: F811
     tunnel = tunnels.open_tunnel("cloudflared", tb_port, TunnelOptions(bin_dir=STANDINS, no_auth=True, timeout=20))
     try:
         edge = re.search(r"standin edge: (\S+)", tunnel.process.output_tail()).group(1)

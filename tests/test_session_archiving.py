@@ -98,10 +98,10 @@ def test_one_background_archiver_per_run_dir(ip, bucket, tmp_path):
 
 
 def test_the_cell_form_refuses_line_only_flags(ip, bucket, tmp_path):
-    result = run_cell(ip, f"%%gcs_archive {tmp_path / 'run1'} gs://{bucket.name} --status\nx = 1\n")
+    result = run_cell(ip, f"%%gcs_archive {tmp_path / 'run1'} gs://{bucket.name} --status\ncell_ran_here = 1\n")
 
     assert isinstance(result.error_in_exec, UsageError)
-    assert "x" not in ip.user_ns  # the cell did not run
+    assert "cell_ran_here" not in ip.user_ns  # the cell did not run
 
 
 KERNEL = r"""

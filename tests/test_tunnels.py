@@ -219,8 +219,9 @@ class ToStandinEdge(urllib.request.BaseHandler):
     def https_open(self, request):
         if not request.host.endswith(".trycloudflare.com"):
             return None
-        return urllib.request.build_opener().open(f"http://127.0.0.1:{self.port}{request.selector}",
-                                                  timeout=request.timeout)
+        forwarded = urllib.request.Request(f"http://127.0.0.1:{self.port}{request.selector}",
+                                           headers=dict(request.header_items()))  # Authorization too
+        return urllib.request.build_opener().open(forwarded, timeout=request.timeout)
 
 
 @pytest.fixture()
