@@ -155,10 +155,11 @@ def plan(
     return scan.select(chosen, step, events, include)
 
 
-def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> Checkpoint:
+def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None, *,
+                    exclude: Iterable[str] = (), include: Iterable[str] = ()) -> Checkpoint:
     """The checkpoint of `step`, else the one its framework names latest, else the highest step in
     the names, else (no number anywhere) the newest checkpoint file by mtime."""
-    return plan(run_dir, step=step).checkpoint
+    return plan(run_dir, step=step, exclude=exclude, include=include).checkpoint
 
 
 def event_files(run_dir: str | os.PathLike) -> list[Path]:
