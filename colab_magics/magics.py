@@ -137,7 +137,7 @@ class ColabMagics(Magics):
         """
         from colab_magics import runs
 
-        args = parse_argstring(self.gcs_save, line)
+        args = _parse_posix(self.gcs_save, line)  # --exclude '*.tmp' as a shell reads it
         result = runs.save_run(args.run_dir, args.destination, step=args.step, events=args.events,
                                force=args.force, keep=args.keep, settings=self.transfer_settings(),
                                exclude=tuple(args.exclude), include=tuple(args.include), dry_run=args.dry_run)
@@ -377,7 +377,7 @@ class ColabMagics(Magics):
     def _start_archiver(self, line: str):
         from colab_magics import archiver
 
-        args = parse_argstring(self.gcs_archive, line)
+        args = _parse_posix(self.gcs_archive, line)
         return archiver.Archiver(args.run_dir, args.destination, args.every, events=args.events,
                                  keep=args.keep, settings=self.transfer_settings(),
                                  exclude=tuple(args.exclude), include=tuple(args.include)).start()
@@ -423,6 +423,13 @@ def _split_passthrough(parser, line: str):
         cut = argv.index("--")
         return parser.parse_args(argv[:cut]), argv[cut + 1:]
     return parser.parse_args(argv), []
+
+
+def _parse_posix(magic, line: str):
+    """Parse a magic's line with POSIX quoting, so `--exclude '*.tmp'` is the glob *.tmp, as in a shell."""
+    from IPython.utils.process import arg_split
+
+    return magic.parser.parse_args(arg_split(line, posix=True))
 
 
 def _when(moment) -> str:
