@@ -491,6 +491,24 @@ def test_dry_run_through_the_magic_shows_everything_and_uploads_nothing(ip, buck
         ip.run_line_magic("gcs_save", f"/ gs://{bucket.name} --dry-run")
 
 
+def test_dry_run_from_the_command_line(bucket, emulator_host, tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run1"
+    write(run_dir / "ckpt-1.pt")
+    write(run_dir / "ckpt-2.pt")
+    write(run_dir / "scratch.tmp")
+    result = subprocess.run([sys.executable, "-m", "colab_magics.cli", "save", str(run_dir), f"gs://{bucket.name}",
+                             "--dry-run", "--exclude", "*.tmp"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "STORAGE_EMULATOR_HOST": emulator_host})
+    assert result.returncode == 0, result.stderr
+    assert "would save step 2 of run1" in result.stdout
+    assert "older step 1 of ckpt-{N}.pt: 1 file(s)" in result.stdout
+    assert "excluded by --exclude '*.tmp': 1 file(s) (scratch.tmp)" in result.stdout
+    assert list(bucket.list_blobs()) == []
+
+
 def test_plan_is_the_api_other_code_builds_on(tmp_path):
     run_dir = tmp_path / "run1"
     write(run_dir / "ckpt-1.weights.h5")
