@@ -123,8 +123,10 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
         raise RunDirError(f"{path} is a file, not a run directory: pass the directory it is in")
     resolved, home = path.resolve(), Path.home().resolve()
     if resolved == Path(resolved.anchor) or resolved == home or resolved in home.parents:
-        raise RunDirError(f"refusing to archive {path} as a run directory (it is / or holds your home "
-                          "directory): pass the directory your training writes checkpoints into")
+        what = ("the root directory" if resolved == Path(resolved.anchor) else
+                "your home directory" if resolved == home else "above your home directory")
+        raise RunDirError(f"refusing to archive {path} as a run directory ({what}): pass the directory "
+                          "your training writes checkpoints into")
     if not any(path.iterdir()):
         raise RunDirError(f"run directory {path} is empty: train first, or check the path")
     return path
@@ -260,6 +262,7 @@ class _Scan:
         self.series: dict[tuple[str, str], dict[int, list[_Unit]]] = {}
         self.unnumbered: list[_Unit] = []  # checkpoint files without a step: candidates by mtime
         self.designated: dict[tuple[str, str], int] = {}  # series → the step its framework names latest
+        self.named_by: dict[tuple[str, str], str] = {}  # series → the file that names it (`checkpoint`, `latest`)
         self._tf_units: dict[tuple[str, str], _Unit] = {}  # (parent, prefix) → unit
         self._dir_units: dict[str, _Unit] = {}  # rel path → step directory unit
         self._states: list[_Entry] = []
@@ -369,6 +372,7 @@ class _Scan:
                 unit = self._dir_units.get(f"{parent}/{tag}" if parent else tag)
             if unit is not None and unit.step is not None:
                 self.designated[unit.series] = unit.step
+                self.named_by[unit.series] = entry.rel
 
     def _huggingface_dirs(self, by_dir: dict[str, list[_Entry]]) -> None:
         """A `save_pretrained` directory (config.json beside weights) is one checkpoint, not its shards."""
@@ -449,8 +453,12 @@ class _Scan:
                 files.append(entry.path)
             else:
                 groups.setdefault(reason, []).append(entry.path)
-        left_out = [LeftOut(_reason(key, other_steps.get(key), step), tuple(sorted(paths)), key[0])
-                    for key, paths in groups.items()]
+        left_out = []
+        for key, paths in groups.items():
+            reason = _reason(key, other_steps.get(key), step)
+            if key[0] == "newer" and step is None and key[1] in self.named_by:
+                reason += f" ({self.named_by[key[1]]} names step {kept[key[1]]})"
+            left_out.append(LeftOut(reason, tuple(sorted(paths)), key[0]))
         left_out.sort(key=lambda g: (_KINDS.index(g.kind), g.reason))
         return Plan(self.root, chosen, tuple(sorted(files)), tuple(left_out))
 

@@ -522,3 +522,25 @@ def test_plan_is_the_api_other_code_builds_on(tmp_path):
     only_mtime = tmp_path / "run2"
     write(only_mtime / "model.keras")
     assert checkpoints.plan(only_mtime).step_from == "mtime"
+
+
+@pytest.mark.parametrize("name, step", [
+    ("ckpt-3.pt", 3), ("model_0003.pt", 3), ("epoch=5-step=1000.ckpt", 1000), ("epoch5.pt", 5),
+    ("weights.05-0.31.hdf5", 5), ("model.ckpt-1000", 1000), ("global_step1000", 1000), ("checkpoint-7", 7),
+    ("resnet50.pth", None), ("vgg16.h5", None), ("yolov8n.pt", None), ("gpt2.bin", None), ("model_v2.pt", None),
+    ("model-00001-of-00004.safetensors", None), ("data-00000-of-00001", None), ("mp_rank_00_model_states.pt", None),
+])
+def test_what_is_a_step_in_a_name(name, step):
+    assert checkpoints.step_from_name(name) == step
+
+
+def test_directories_without_a_step_key_are_never_dropped(tmp_path):
+    run_dir = tmp_path / "run1"
+    for rel in ("lightning_logs/version_0/hparams.yaml", "lightning_logs/version_1/hparams.yaml",
+                "fold_1/ckpt-1.pt", "fold_2/ckpt-1.pt", "fold_2/ckpt-2.pt"):
+        write(run_dir / rel)
+    plan = checkpoints.plan(run_dir)
+    assert [f.relative_to(run_dir).as_posix() for f in plan.files] == [
+        "fold_1/ckpt-1.pt", "fold_2/ckpt-2.pt", "lightning_logs/version_0/hparams.yaml",
+        "lightning_logs/version_1/hparams.yaml"]
+    assert [g.reason for g in plan.left_out] == ["older step 1 of fold_2/ckpt-{N}.pt"]
