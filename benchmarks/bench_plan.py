@@ -13,6 +13,7 @@ weights, TF `model.ckpt-N.*` steps, numbered Keras files and plain files (tokeni
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -67,14 +68,18 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-plan-")) / "run"
     try:
         written = build(root, args.files)
-        times = []
-        for _ in range(args.repeats):
+        times, floors = [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
             started = time.perf_counter()
             result = checkpoints.plan(root)
             times.append(time.perf_counter() - started)
-        median = statistics.median(times)
+            started = time.perf_counter()
+            listed = sum(len(files) for _, _, files in os.walk(root))
+            floors.append(time.perf_counter() - started)
+        median, floor = statistics.median(times), statistics.median(floors)
         print(f"plan() of {written} files: median {median:.3f} s over {args.repeats} runs "
               f"(min {min(times):.3f}, max {max(times):.3f}); target < 1 s {'✓' if median < 1 else '✗'}")
+        print(f"  bare os.walk listing the same {listed} files: {floor:.3f} s; plan() ÷ os.walk = {median / floor:.2f}")
         print(f"  step {result.step} ({result.layout}), {len(result.files)} files in, "
               f"{result.left_out_count()} left out in {len(result.left_out)} groups")
         return 0 if median < 1 else 1
