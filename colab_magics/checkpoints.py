@@ -442,8 +442,8 @@ class _Scan:
     # selecting -----------------------------------------------------------------------------------
     def select(self, chosen: Checkpoint, step: int | None, events: bool, include: tuple[str, ...]) -> Plan:
         kept = self._kept_steps(step)
-        files: list[Path] = []
-        groups: dict[tuple[str, object], list[Path]] = {}
+        files: list[str] = []
+        groups: dict[tuple[str, object], list[str]] = {}
         other_steps: dict[tuple[str, object], set[int]] = {}
         for entry in sorted(self.entries, key=lambda e: e.rel.split("/")):  # as Paths sort, far faster
             if entry.kind != "file":
