@@ -544,3 +544,15 @@ def test_directories_without_a_step_key_are_never_dropped(tmp_path):
         "fold_1/ckpt-1.pt", "fold_2/ckpt-2.pt", "lightning_logs/version_0/hparams.yaml",
         "lightning_logs/version_1/hparams.yaml"]
     assert [g.reason for g in plan.left_out] == ["older step 1 of fold_2/ckpt-{N}.pt"]
+
+
+def test_gcs_archive_passes_exclude_and_include_to_every_archive(ip, bucket, tmp_path):
+    run_dir = tmp_path / "run1"
+    write(run_dir / "ckpt-1.pt")
+    write(run_dir / "scratch.tmp")
+    write(run_dir / "keep.tmp")
+    ip.run_cell_magic("gcs_archive", f"{run_dir} gs://{bucket.name} --every 1h --exclude '*.tmp' --include keep.tmp",
+                      "pass  # the training cell")
+    [blob] = list(bucket.list_blobs())
+    assert blob.name == "run1.1.zip"
+    assert sorted(zipfile.ZipFile(io.BytesIO(blob.download_as_bytes())).namelist()) == ["ckpt-1.pt", "keep.tmp"]
