@@ -346,7 +346,7 @@ def _prepare_checkpoint(staging: Path, step: int) -> Path | None:
             return None
     if ckpt.layout == "tensorflow":
         checkpoints.write_tf_state(ckpt.path.parent, ckpt.path.name)
-    return ckpt.path.relative_to(staging)
+    return ckpt.path.relative_to(staging.absolute())  # checkpoints gives absolute paths
 
 
 def _client():

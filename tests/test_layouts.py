@@ -556,3 +556,13 @@ def test_gcs_archive_passes_exclude_and_include_to_every_archive(ip, bucket, tmp
     [blob] = list(bucket.list_blobs())
     assert blob.name == "run1.1.zip"
     assert sorted(zipfile.ZipFile(io.BytesIO(blob.download_as_bytes())).namelist()) == ["ckpt-1.pt", "keep.tmp"]
+
+
+def test_relative_run_and_target_directories(bucket, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(Path("run1") / "ckpt-1.pt")
+    write(Path("run1") / "ckpt-2.pt")
+    saved = runs.save_run("run1", f"gs://{bucket.name}", settings=FAST)
+    restored = runs.load_run(saved.url, "restored", settings=FAST)
+    assert saved.step == 2 and restored.checkpoint == Path("restored") / "ckpt-2.pt"
+    assert files_below(Path("restored")) == {"ckpt-2.pt"}
