@@ -56,7 +56,10 @@ _STEP_DIR = re.compile(
     r"^(?P<head>(?:.*?[-_.])?(?P<key>checkpoint|ckpt|global_step|step|iteration|iter|epoch)[-_=]?)(?P<n>\d+)$",
     re.I)
 _DIR_LAYOUTS = {"checkpoint-": "huggingface", "checkpoint_": "accelerate", "global_step": "deepspeed"}
-_UNFINISHED_DIR = re.compile(r"\.orbax-checkpoint-tmp|^tmp-checkpoint-\d+$")
+# saves in progress: Orbax's `{N}.orbax-checkpoint-tmp-*`, transformers' `tmp-checkpoint-N` (4.36-4.38),
+# TensorFlow's `{prefix}_temp/` (sharded save), `*.tempstate{n}` (bundle writer), `*.tmp{uuid}` (atomic write)
+_UNFINISHED_DIR = re.compile(r"\.orbax-checkpoint-tmp|^tmp-checkpoint-\d+$|(?:ckpt|-\d+)_temp$")
+_UNFINISHED_FILE = re.compile(r"\.tempstate\d+$|\.tmp[0-9a-f]{32}$")
 _STATE_LINE = re.compile(r'^\s*model_checkpoint_path:\s*"(?P<path>.*)"\s*$', re.M)
 _SMALL = 64 * 1024  # state files read to find a framework's latest are at most this big
 
@@ -258,7 +261,8 @@ def _walk(root: Path):
                     stack.append(found)
                     continue
                 if entry.is_file(follow_symlinks=False):
-                    yield _Entry(path, rel_dir, name, "file", "", unfinished, unit)
+                    yield _Entry(path, rel_dir, name, "file", "", unfinished or bool(_UNFINISHED_FILE.search(name)),
+                                 unit)
                     continue
                 link = entry.is_symlink()
                 mode = entry.stat(follow_symlinks=True).st_mode  # a link, FIFO, socket or device
@@ -491,7 +495,7 @@ def _reason(key: tuple[str, object], steps: set[int] | None, step: int | None) -
     if kind == "events":
         return "event file (use --events)"
     if kind == "unfinished":
-        return "unfinished save (an Orbax or Hugging Face temporary directory)"
+        return "unfinished save (a temporary file or directory of TensorFlow, Orbax or transformers)"
     return f"not a regular file ({detail})"
 
 

@@ -566,3 +566,20 @@ def test_relative_run_and_target_directories(bucket, tmp_path, monkeypatch):
     restored = runs.load_run(saved.url, "restored", settings=FAST)
     assert saved.step == 2 and restored.checkpoint == Path("restored") / "ckpt-2.pt"
     assert files_below(Path("restored")) == {"ckpt-2.pt"}
+
+
+def test_files_of_a_save_in_progress_are_left_out(tmp_path):
+    """Names from the writers' sources: TensorFlow file_io.atomic_write_string_to_file (`.tmp` + uuid hex),
+    tensor_bundle.cc (`.tempstate` + a random number), functional_saver.py (`_temp/part`), Orbax
+    atomicity_types.TMP_DIR_SUFFIX (`.orbax-checkpoint-tmp`)."""
+    run_dir = tmp_path / "run1"
+    for rel in ("ckpt-1.index", "ckpt-1.data-00000-of-00001", "checkpoint",
+                "checkpoint.tmp" + "0123456789abcdef" * 2, "ckpt-2.data-00000-of-00001.tempstate123456",
+                "ckpt-2_temp/part-00000-of-00001.index", "orbax/3/_CHECKPOINT_METADATA",
+                "orbax/4.orbax-checkpoint-tmp-1700000000/_CHECKPOINT_METADATA"):
+        write(run_dir / rel)
+    plan = checkpoints.plan(run_dir)
+    assert [f.relative_to(run_dir).as_posix() for f in plan.files] == [
+        "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index", "orbax/3/_CHECKPOINT_METADATA"]
+    [group] = plan.left_out
+    assert group.kind == "unfinished" and len(group.files) == 4
