@@ -465,7 +465,8 @@ def _describe_plan(result) -> str:
     if result.left_out:
         lines.append("Left out:")
     for group in result.left_out:
-        names = [p.name for p in group.files[:3]] + (["…"] if len(group.files) > 3 else [])
+        names = [p.relative_to(result.root).as_posix() for p in group.files[:3]]
+        names += ["…"] if len(group.files) > 3 else []
         lines.append(f"  {group.reason}: {len(group.files)} file(s) ({', '.join(names)})")
     return "\n".join(lines)
 

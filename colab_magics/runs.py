@@ -57,6 +57,7 @@ class Planned:
     layout: str
     files: tuple[tuple[Path, int], ...]  # (path relative to RUN_DIR, size in bytes), sorted
     left_out: tuple[checkpoints.LeftOut, ...]
+    root: Path  # RUN_DIR, absolute
 
     @property
     def size(self) -> int:
@@ -155,7 +156,8 @@ def _planned(plan: checkpoints.Plan, url: str, run: str) -> Planned:
         except OSError:
             size = 0  # removed since the walk (a saver pruning old steps)
         files.append((path.relative_to(plan.root), size))
-    return Planned(url, run, plan.step, plan.step_from, plan.path, plan.layout, tuple(files), plan.left_out)
+    return Planned(url, run, plan.step, plan.step_from, plan.path, plan.layout, tuple(files), plan.left_out,
+                   plan.root)
 
 
 class _PreconditionFailed(Exception):
