@@ -79,7 +79,8 @@ def main() -> int:
         median, floor = statistics.median(times), statistics.median(floors)
         print(f"plan() of {written} files: median {median:.3f} s over {args.repeats} runs "
               f"(min {min(times):.3f}, max {max(times):.3f}); target < 1 s {'✓' if median < 1 else '✗'}")
-        print(f"  bare os.walk listing the same {listed} files: {floor:.3f} s; plan() ÷ os.walk = {median / floor:.2f}")
+        print(f"  bare os.walk listing the same {listed} files: {floor:.3f} s; "
+              f"plan() ÷ os.walk = {median / floor:.2f}")
         print(f"  step {result.step} ({result.layout}), {len(result.files)} files in, "
               f"{result.left_out_count()} left out in {len(result.left_out)} groups")
         return 0 if median < 1 else 1

@@ -397,7 +397,8 @@ class _Scan:
         for parent, entries in by_dir.items():
             if not any(e.name == "config.json" for e in entries):
                 continue
-            weights = [u for u in self.unnumbered if u.series[0] == parent and u.path.endswith((".safetensors", ".bin"))]
+            weights = [u for u in self.unnumbered
+                       if u.series[0] == parent and u.path.endswith((".safetensors", ".bin"))]
             if weights:
                 self.unnumbered = [u for u in self.unnumbered if u not in weights]
                 self.unnumbered.append(_Unit((parent, ""), None, str(self.root / parent if parent else self.root),

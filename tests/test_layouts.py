@@ -452,7 +452,8 @@ def test_exclude_and_include(bucket, tmp_path):
 
     saved, _, names = save_and_restore(
         run_dir, bucket, tmp_path / "restored",
-        exclude=("*.tmp", "samples", "optimizer.pt"), include=("checkpoint-4", "runs/train/*", "checkpoint-6/optimizer.pt"))
+        exclude=("*.tmp", "samples", "optimizer.pt"),
+        include=("checkpoint-4", "runs/train/*", "checkpoint-6/optimizer.pt"))
 
     assert names == ["checkpoint-4/model.safetensors", "checkpoint-4/optimizer.pt", "checkpoint-6/model.safetensors",
                      "checkpoint-6/optimizer.pt", "runs/train/events.out.tfevents.1.host"]
