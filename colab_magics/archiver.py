@@ -92,6 +92,8 @@ class Archiver:
         delay: float = 0.0,
         last_chance_timeout: float = LAST_CHANCE_TIMEOUT,
         client=None,
+        exclude: tuple[str, ...] = (),
+        include: tuple[str, ...] = (),
     ):
         from colab_magics import storage
 
@@ -105,6 +107,7 @@ class Archiver:
         # no progress bars from a background thread: they would land in whatever cell is running
         settings = replace(settings or TransferSettings(), progress=False)
         self.events, self.keep, self.settings, self.fmt = events, keep, settings, fmt
+        self.exclude, self.include = tuple(exclude), tuple(include)  # passed to save_run as they are
         self.last_chance_timeout = last_chance_timeout
         self._client = client
         self._poll = _MAX_POLL if self.every is None else min(max(self.every / 10, 0.05), _MAX_POLL)
@@ -261,7 +264,8 @@ class Archiver:
         started = time.monotonic()
         try:
             result = runs.save_run(self.run_dir, self.location.url, step=step, events=self.events,
-                                   keep=self.keep, settings=self.settings, client=self._client, fmt=self.fmt)
+                                   keep=self.keep, settings=self.settings, client=self._client, fmt=self.fmt,
+                                   exclude=self.exclude, include=self.include)
         except ColabMagicsError as exc:
             self._failed(step, str(exc))
         except Exception as exc:  # an unexpected library error: logged with its traceback, retried
@@ -290,7 +294,8 @@ class Archiver:
         from colab_magics import checkpoints
 
         try:
-            return candidate == (candidate[0], _signature(checkpoints.find_checkpoint(self.run_dir, candidate[0]).files))
+            return candidate == (candidate[0], _signature(checkpoints.find_checkpoint(
+                self.run_dir, candidate[0], exclude=self.exclude, include=self.include).files))
         except (NoCheckpointFound, RunDirError, OSError):
             return False  # deleted meanwhile (a saver keeping only the last few)
 
@@ -298,7 +303,7 @@ class Archiver:
         from colab_magics import checkpoints
 
         try:
-            return checkpoints.find_checkpoint(self.run_dir)
+            return checkpoints.find_checkpoint(self.run_dir, exclude=self.exclude, include=self.include)
         except (NoCheckpointFound, RunDirError):
             return None  # nothing written yet
         except OSError as exc:  # a file vanished while we looked (a saver pruning old steps)

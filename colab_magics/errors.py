@@ -93,6 +93,10 @@ class NoCheckpointFound(RunDirError):
     """The run directory holds no checkpoint of a known layout."""
 
 
+class NotRegularFile(RunDirError):
+    """The checkpoint asked for is a FIFO, socket, device or broken link: it cannot be read as a file."""
+
+
 class UnsafeArchive(ColabMagicsError):
     """An archive tries to write outside its target or holds links or devices."""
 

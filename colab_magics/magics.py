@@ -150,24 +150,37 @@ class ColabMagics(Magics):
     @argument("--events", action="store_true", help="Also archive every events.out.tfevents.* below RUN_DIR.")
     @argument("--force", action="store_true", help="Replace the archive if it already exists.")
     @argument("--keep", type=int, metavar="N", help="Then delete all but the newest N archives of this run.")
+    @argument("--exclude", action="append", default=[], metavar="GLOB",
+              help="Leave out files whose path, name or directory matches GLOB (repeatable).")
+    @argument("--include", action="append", default=[], metavar="GLOB",
+              help="Put back files that GLOB matches, e.g. an older step or some event files (repeatable).")
+    @argument("--dry-run", action="store_true",
+              help="Show the step, every file that would go in and what is left out; upload nothing.")
     @expected_errors
     def gcs_save(self, line: str | Sequence[str] = ""):
-        """Archive the latest checkpoint of RUN_DIR into a bucket as RUN.STEP.zip; return its URL.
+        """Archive RUN_DIR's latest checkpoint into a bucket as RUN.STEP.zip; return its URL.
 
-        The archive is streamed (no temporary file), checked end to end by crc32c, and never
-        overwrites an existing one unless --force.
+        Everything under RUN_DIR goes in except the other steps of each checkpoint series
+        (`ckpt-{N}.*`, `checkpoint-{N}/`, ...), TensorBoard event files (unless --events) and what
+        --exclude names. The archive is streamed (no temporary file), checked end to end by crc32c,
+        and never overwrites an existing one unless --force.
 
         Examples::
 
             %gcs_save /content/runs/run1 gs://my-bucket/experiments --events
             url = %gcs_save runs/run1 my-bucket --step 1000 --keep 3
+            %gcs_save runs/run1 my-bucket --dry-run --exclude '*.tmp' --exclude samples
             %gcs_save '/content/my run' gs://my-bucket
         """
         from colab_magics import runs
 
         args, _ = parse(self.gcs_save, line)
         result = runs.save_run(args.run_dir, args.destination, step=args.step, events=args.events,
-                               force=args.force, keep=args.keep, settings=self.transfer_settings())
+                               force=args.force, keep=args.keep, settings=self.transfer_settings(),
+                               exclude=tuple(args.exclude), include=tuple(args.include), dry_run=args.dry_run)
+        if isinstance(result, runs.Planned):
+            print(_describe_plan(result))
+            return None
         print(_describe_save(result))
         return result.url
 
@@ -383,6 +396,10 @@ class ColabMagics(Magics):
               help="Shortest time between two archives: 90 (seconds), 30s, 10m, 1h (default 10m).")
     @argument("--events", action="store_true", help="Also archive every events.out.tfevents.* below RUN_DIR.")
     @argument("--keep", type=int, metavar="N", help="After each archive, delete all but the newest N of this run.")
+    @argument("--exclude", action="append", default=[], metavar="GLOB",
+              help="Leave out files whose path, name or directory matches GLOB (repeatable; see %%gcs_save).")
+    @argument("--include", action="append", default=[], metavar="GLOB",
+              help="Put back files that GLOB matches (repeatable).")
     @argument("--stop", action="store_true", help="Line form: end the background archiving of RUN_DIR (of every "
                                                   "run without it) after a final archive; print the summary.")
     @argument("--status", action="store_true", help="Line form: show what each background archiver archived, "
@@ -430,7 +447,8 @@ class ColabMagics(Magics):
             raise UsageError("--stop and --status belong to the line form: %gcs_archive --status")
         _require_run(args, "%%gcs_archive")
         return archiver.Archiver(args.run_dir, args.destination, args.every, events=args.events,
-                                 keep=args.keep, settings=self.transfer_settings()).start()
+                                 keep=args.keep, settings=self.transfer_settings(),
+                                 exclude=tuple(args.exclude), include=tuple(args.include)).start()
 
     @expected_errors
     def _archive_in_background(self, line: str):
@@ -453,7 +471,8 @@ class ColabMagics(Magics):
             return None
         _require_run(args, "%gcs_archive")
         worker = archiver.start_background(args.run_dir, args.destination, args.every, events=args.events,
-                                           keep=args.keep, settings=self.transfer_settings())
+                                           keep=args.keep, settings=self.transfer_settings(),
+                                           exclude=tuple(args.exclude), include=tuple(args.include))
         summary = worker.summary()
         if summary.skipped:
             print(f"Archiving skipped: {summary.skipped}")
@@ -549,9 +568,31 @@ def _describe_save(result) -> str:
         return f"Skipped {result.url}: {result.reason}"
     text = (f"Saved step {result.step} of {result.run} to {result.url} "
             f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s)")
+    if result.left_out_older:
+        text += f"; {result.left_out_older} file(s) of older steps left out"
     if result.deleted:
         text += f"; deleted {len(result.deleted)} older archive(s)"
     return text
+
+
+def _describe_plan(result) -> str:
+    """A dry run: the step, every file with its size, and each group left out with its reason."""
+    from colab_magics.display import Table, human_size
+
+    step = (f"step {result.step}" if result.step_from != "mtime"
+            else f"step {result.step} (the newest file's time: no step number in the names)")
+    lines = [f"Dry run, nothing uploaded: would save {step} of {result.run} to {result.url}",
+             f"Checkpoint: {result.checkpoint} ({result.layout}); "
+             f"{len(result.files)} file(s), {human_size(result.size)}:"]
+    table = Table(["file", "size"], [(path.as_posix(), human_size(size)) for path, size in result.files])
+    lines += ["  " + row for row in str(table).splitlines()[1:]]
+    if result.left_out:
+        lines.append("Left out:")
+    for group in result.left_out:
+        names = [p.relative_to(result.root).as_posix() for p in group.files[:3]]
+        names += ["…"] if len(group.files) > 3 else []
+        lines.append(f"  {group.reason}: {len(group.files)} file(s) ({', '.join(names)})")
+    return "\n".join(lines)
 
 
 def _describe_load(result) -> str:

@@ -42,6 +42,26 @@ class Saved:
     checkpoint: Path
     seconds: float
     deleted: tuple[str, ...] = ()
+    left_out_older: int = 0  # files of older steps not archived
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What `save_run(..., dry_run=True)` would archive; nothing was uploaded."""
+
+    url: str
+    run: str
+    step: int
+    step_from: str
+    checkpoint: Path
+    layout: str
+    files: tuple[tuple[Path, int], ...]  # (path relative to RUN_DIR, size in bytes), sorted
+    left_out: tuple[checkpoints.LeftOut, ...]
+    root: Path  # RUN_DIR, absolute
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.files)
 
 
 @dataclass(frozen=True)
@@ -91,24 +111,29 @@ def save_run(
     client=None,
     fmt: str = "zip",
     run_name: str | None = None,
-) -> Saved | Skipped:
-    """Archive the latest (or `step`'s) checkpoint of `run_dir` into `destination` as RUN.STEP.zip
-    (or RUN.STEP.tar.gz with `fmt="tar.gz"`, the format of colab_utils' GcsArchiveHook).
-
-    RUN is `run_name` if given (colab_utils' `basename`), else the run directory's name."""
+    exclude: tuple[str, ...] = (),
+    include: tuple[str, ...] = (),
+    dry_run: bool = False,
+) -> Saved | Skipped | Planned:
+    """Archive `run_dir` into `destination` as RUN.STEP.zip (or RUN.STEP.tar.gz with `fmt="tar.gz"`,
+    the format of colab_utils' GcsArchiveHook): every file but the other steps of each checkpoint
+    series, event files (unless `events`) and what `exclude` globs name (see `checkpoints.plan`).
+    With `dry_run`, return what would be archived and upload nothing. RUN is `run_name` if given
+    (colab_utils' `basename`), else the run directory's name."""
     settings = settings or TransferSettings()
     if fmt not in FORMATS:
         raise ColabMagicsError(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}")
     if keep is not None and keep < 1:
         raise ColabMagicsError("--keep must be at least 1: it counts the archives to keep, the new one included")
-    ckpt = checkpoints.find_checkpoint(run_dir, step)
-    root = Path(run_dir).expanduser()
-    members = sorted(set(ckpt.files) | (set(checkpoints.event_files(root)) if events else set()))
+    plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include)
+    ckpt, root, members = plan.checkpoint, plan.root, list(plan.files)
     location = storage.parse_url(destination)
     if run_name is not None and (not run_name.strip() or "/" in run_name):
         raise ColabMagicsError(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'")
     run = run_name or root.resolve().name
     target = location.child(archive_name(run, ckpt.step, fmt))
+    if dry_run:
+        return _planned(plan, target.url, run)
     client = client or _client()
     bucket = storage.require_bucket(client, location, settings.retry_deadline)
     blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
@@ -124,7 +149,20 @@ def save_run(
     except _PreconditionFailed:
         return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile")
     deleted = prune(location, run, keep, client=client, deadline=settings.retry_deadline) if keep else ()
-    return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started, deleted)
+    return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started, deleted,
+                 plan.left_out_count("older"))
+
+
+def _planned(plan: checkpoints.Plan, url: str, run: str) -> Planned:
+    files = []
+    for path in plan.files:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0  # removed since the walk (a saver pruning old steps)
+        files.append((path.relative_to(plan.root), size))
+    return Planned(url, run, plan.step, plan.step_from, plan.path, plan.layout, tuple(files), plan.left_out,
+                   plan.root)
 
 
 class _PreconditionFailed(Exception):
@@ -362,7 +400,7 @@ def _prepare_checkpoint(staging: Path, step: int) -> Path | None:
             return None
     if ckpt.layout == "tensorflow":
         checkpoints.write_tf_state(ckpt.path.parent, ckpt.path.name)
-    return ckpt.path.relative_to(staging)
+    return ckpt.path.relative_to(staging.absolute())  # checkpoints gives absolute paths
 
 
 def _client():

@@ -72,7 +72,7 @@ def keras_run(root: Path):
     write(root / "ckpt-01.weights.h5", 30_000)
     write(root / "ckpt-02.weights.h5", 30_000)
     write(root / "model-03.keras", 30_000)
-    return root, {"model-03.keras"}
+    return root, {"ckpt-02.weights.h5", "model-03.keras"}  # each series keeps its newest step
 
 
 def pytorch_run(root: Path):
