@@ -77,6 +77,14 @@ class NoCheckpointFound(RunDirError):
     """The run directory holds no checkpoint of a known layout."""
 
 
+class CheckpointChanging(RunDirError):
+    """A checkpoint file kept changing while it was read: archiving it would store a torn copy."""
+
+    def __init__(self, message: str, *, path=None):
+        super().__init__(message)
+        self.path = path
+
+
 class UnsafeArchive(ColabMagicsError):
     """An archive tries to write outside its target or holds links or devices."""
 

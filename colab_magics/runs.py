@@ -1,7 +1,10 @@
 """Runs in a bucket: save the latest checkpoint of a run directory, list archives, restore one.
 
 An archive is `{PREFIX}/{RUN}.{STEP}.zip`, RUN being the run directory's name (the original
-colab_utils convention), so `%gcs_list` can group archives by run and `%gcs_load` can find the latest.
+colab_utils convention), so `%gcs_list` can group archives by run. A checkpoint whose name carries no
+step is named by its mtime, `{RUN}.mtime-{SECONDS}.zip`, so it is never taken for a step. "Latest"
+means most recently uploaded (object creation time, then generation), never the highest step: a run
+restarted from an earlier step, or one without step numbers, is still retained and restored right.
 """
 
 from __future__ import annotations
@@ -9,17 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
-from colab_magics import checkpoints, packing, storage, transfer
+from colab_magics import checkpoints, packing, progress, storage, transfer
 from colab_magics.transfer import TransferSettings
 from colab_magics.errors import (
     ArchiveNotFound,
+    CheckpointChanging,
     ColabMagicsError,
     DownloadFailed,
     NoCheckpointFound,
@@ -28,8 +32,11 @@ from colab_magics.errors import (
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_NAME = re.compile(r"^(?P<run>.+)\.(?P<step>\d+)\.(?P<ext>zip|tar\.gz|tgz)$")
+ARCHIVE_NAME = re.compile(r"^(?P<run>.+)\.(?P<mtime>mtime-)?(?P<step>\d+)\.(?P<ext>zip|tar\.gz|tgz)$")
 FORMATS = {"zip": "application/zip", "tar.gz": "application/gzip"}  # archive format → content type
+READ_TRIES = 3  # reads of a step whose files change meanwhile, before the save gives up
+SETTLE_SECONDS = 0.5  # a changed file must stay unchanged this long before it is read again ...
+SETTLE_DEADLINE = 3.0  # ... or this long has passed
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,9 @@ class Saved:
     files: int
     checkpoint: Path
     seconds: float
-    deleted: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()  # URLs of the older archives --keep removed
+    step_from: str = "name"  # "mtime": `step` is the checkpoint's mtime (no step in its name)
+    reread: tuple[str, ...] = ()  # files that changed while read, so the step was read again
 
 
 @dataclass(frozen=True)
@@ -50,16 +59,37 @@ class Skipped:
     run: str
     step: int
     reason: str
+    step_from: str = "name"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Restored:
+    """What `load_run` and `%gcs_load` return. `str()` and `os.fspath()` give the checkpoint path, so
+    `open(ckpt)`, `Path(ckpt)`, `tf.train.load_checkpoint(ckpt)` take it as before; `.step` and
+    `.epoch` say where training stopped, as the layout records it (None where it records nothing).
+    """
+
     url: str
     target: Path
-    checkpoint: Path | None
-    step: int
-    files: int
+    checkpoint: Path | None  # None: the archive holds no checkpoint of a known layout
+    step: int | None
+    files: tuple[Path, ...]  # every file restored, below target
     seconds: float
+    epoch: int | float | None = None
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint path a framework loads (the target directory when none was recognised)."""
+        return self.checkpoint if self.checkpoint is not None else self.target
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Restored({str(self.path)!r}, step={self.step}, epoch={self.epoch})"
 
 
 @dataclass(frozen=True)
@@ -70,11 +100,25 @@ class ArchiveInfo:
     size: int
     updated: datetime | None
     name: str = field(repr=False, default="")
+    step_from: str = "name"  # "mtime": `step` is the checkpoint's mtime, not a step
+    created: datetime | None = field(repr=False, default=None)
+    generation: int | None = field(repr=False, default=None)
+
+    @property
+    def recency(self) -> tuple:
+        """Sort key: upload order (creation time, then generation), oldest first."""
+        return (self.created or self.updated or datetime.min.replace(tzinfo=timezone.utc), self.generation or 0, self.name)
 
 
-def archive_name(run: str, step: int, ext: str = "zip") -> str:
-    """The one place archive names are made: `run1.1000.zip`."""
-    return f"{run}.{step}.{ext}"
+def archive_name(run: str, step: int, ext: str = "zip", *, step_from: str = "name") -> str:
+    """The one place archive names are made: `run1.1000.zip`, or `run1.mtime-1795611178.zip` when
+    the step is the checkpoint's mtime (its name has no number), so it never passes for a step."""
+    return f"{run}.{'mtime-' if step_from == 'mtime' else ''}{step}.{ext}"
+
+
+def latest(archives: list[ArchiveInfo]) -> ArchiveInfo:
+    """The most recently uploaded archive (not the highest step)."""
+    return max(archives, key=lambda a: a.recency)
 
 
 # --- save ---------------------------------------------------------------------------------------
@@ -102,95 +146,115 @@ def save_run(
     members = sorted(set(ckpt.files) | (set(checkpoints.event_files(root)) if events else set()))
     location = storage.parse_url(destination)
     run = root.resolve().name
-    target = location.child(archive_name(run, ckpt.step, fmt))
+    target = location.child(archive_name(run, ckpt.step, fmt, step_from=ckpt.step_from))
     client = client or _client()
     bucket = storage.require_bucket(client, location, settings.retry_deadline)
     blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
     if not force:
         with storage.translated_errors(target, "check"):
             if blob.exists():
-                return Skipped(target.url, run, ckpt.step, "already in the bucket (use --force to replace it)")
+                return Skipped(target.url, run, ckpt.step, "already in the bucket (use --force to replace it)",
+                               ckpt.step_from)
     started = time.monotonic()
-    manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "layout": ckpt.layout,
-                "checkpoint": ckpt.path.relative_to(root).as_posix()}
+    manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "step_from": ckpt.step_from,
+                "layout": ckpt.layout, "checkpoint": ckpt.path.relative_to(root).as_posix()}
+    # the step's own files must not change while read; the TF state file is rewritten on restore anyway
+    stable = {f for f in ckpt.files if f.name != checkpoints.STATE_FILE}
     try:
-        size = _upload_archive(blob, root, members, json.dumps(manifest).encode(), force, settings, fmt)
+        size, reread = _upload_consistent(blob, root, members, stable, json.dumps(manifest).encode(),
+                                          force, settings, fmt)
     except _PreconditionFailed:
-        return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile")
-    deleted = prune(location, run, keep, client=client) if keep else ()
-    return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started, deleted)
+        return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile", ckpt.step_from)
+    deleted = prune(location, run, keep, client=client, protect=target.url) if keep else ()
+    return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started,
+                 deleted, ckpt.step_from, reread)
 
 
 class _PreconditionFailed(Exception):
     pass
 
 
-def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force: bool, settings, fmt: str) -> int:
-    """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists."""
+def _upload_consistent(blob, root: Path, members: list[Path], stable: set[Path], comment: bytes, force: bool,
+                       settings: TransferSettings, fmt: str) -> tuple[int, tuple[str, ...]]:
+    """Upload the archive; read the step again (after its files settle) while one changes under us.
+
+    Returns the size and the files that forced a re-read. A step that keeps changing is a
+    CheckpointChanging naming the file, and no object is left under the name.
+    """
+    reread: list[str] = []
+    for attempt in range(1, READ_TRIES + 1):
+        try:
+            return _upload_archive(blob, root, members, stable, comment, force, settings, fmt), tuple(reread)
+        except packing.FileChanged as exc:
+            name = exc.path.relative_to(root).as_posix()
+            if attempt == READ_TRIES:
+                raise CheckpointChanging(
+                    f"{exc.path} kept changing while it was read ({READ_TRIES} tries, last: {exc.what.split(' (')[0]}): "
+                    "nothing was uploaded; save again once training has written it", path=exc.path) from None
+            log.info("%s %s: reading the step again once it settles", name, exc.what)
+            reread.append(name)
+            _wait_until_settled(exc.path)
+    raise AssertionError("unreachable")
+
+
+def _wait_until_settled(path: Path) -> None:
+    """Return once `path` has looked the same for SETTLE_SECONDS (or SETTLE_DEADLINE has passed)."""
+    def look():
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    deadline = time.monotonic() + SETTLE_DEADLINE
+    seen, since = look(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = look()
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= SETTLE_SECONDS:
+            return
+
+
+def _upload_archive(blob, root: Path, members: list[Path], stable: set[Path], comment: bytes, force: bool,
+                    settings: TransferSettings, fmt: str) -> int:
+    """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists.
+
+    packing.FileChanged (a file of the step changed while read) is raised before the upload's last
+    chunk is sent, so nothing appears under the name.
+    """
     from google.api_core.exceptions import PreconditionFailed
 
     total = sum(p.stat().st_size for p in members)
-    pipe = transfer.ChunkPipe(settings.chunk_size)
     bar = transfer.progress_bar(total, f"upload {blob.name}", settings)
-    failure: list[BaseException] = []
+    on_bytes = bar.update if bar else None
 
-    def produce() -> None:
-        try:
-            on_bytes = bar.update if bar else None
-            if fmt == "zip":
-                packing.write_zip(pipe.writer, root, members, comment=comment, on_bytes=on_bytes)
-            else:
-                packing.write_targz(pipe.writer, root, members, on_bytes=on_bytes)
-        except transfer.Cancelled:
-            return
-        except BaseException as exc:  # handed to the uploading thread, which re-raises it
-            failure.append(exc)
-            pipe.finish_writing(exc)
-            return
-        pipe.finish_writing()
+    def write(out) -> int:
+        if fmt == "zip":
+            packing.write_zip(out, root, members, comment=comment, strict=stable, on_bytes=on_bytes)
+        else:
+            packing.write_targz(out, root, members, strict=stable, on_bytes=on_bytes)
+        return out.tell()  # BlobWriter.tell(): every byte written, the archive's size
 
-    writer = threading.Thread(target=produce, name="colab-magics-zip", daemon=True)
-    writer.start()
     try:
         with storage.translated_errors(blob.bucket.name + "/" + blob.name, "upload to"):
             try:
-                blob.upload_from_file(
-                    pipe,
-                    size=None,
-                    content_type=FORMATS[fmt],
-                    checksum="crc32c",
-                    if_generation_match=None if force else 0,
-                    retry=storage.retry_policy(settings.retry_deadline),
-                )
+                return transfer.upload_stream(blob, write, content_type=FORMATS[fmt],
+                                              if_generation_match=None if force else 0, settings=settings)
             except PreconditionFailed:
                 raise _PreconditionFailed() from None
-    except BaseException as exc:
-        pipe.cancel()
-        writer.join(timeout=30)
-        if failure and exc is failure[0]:
-            if isinstance(exc, OSError):
-                raise UploadFailed(f"could not read {getattr(exc, 'filename', '') or 'a file'} while archiving: "
-                                   f"{exc.strerror or exc}; nothing was uploaded") from None
-            raise
-        if isinstance(exc, (ColabMagicsError, _PreconditionFailed, KeyboardInterrupt)):
-            raise
-        if type(exc).__name__ in {"DataCorruption", "InvalidResponse"}:
-            raise UploadFailed(f"upload of gs://{blob.bucket.name}/{blob.name} failed its checksum "
-                               "and was deleted: run the save again") from None
-        raise
+    except OSError as exc:  # reading a member failed (network errors were translated above)
+        raise UploadFailed(f"could not read {getattr(exc, 'filename', '') or 'a file'} while archiving: "
+                           f"{exc.strerror or exc}; nothing was uploaded") from None
     finally:
         if bar is not None:
             bar.close()
-    writer.join(timeout=30)
-    if blob.size is not None and blob.size != pipe.bytes_written:
-        blob.delete(if_generation_match=blob.generation)
-        raise UploadFailed(f"gs://{blob.bucket.name}/{blob.name} arrived incomplete and was deleted: run the save again")
-    return pipe.bytes_written
 
 
 # --- list and prune -----------------------------------------------------------------------------
 def list_archives(location: str | storage.GcsPath, run: str | None = None, *, client=None) -> list[ArchiveInfo]:
-    """Archives directly under `location` (not in sub-prefixes), sorted by run then step."""
+    """Archives directly under `location` (not in sub-prefixes), by run, then oldest upload first."""
     loc = storage.parse_url(location) if isinstance(location, str) else location
     client = client or _client()
     prefix = f"{loc.path}/" if loc.path else ""
@@ -203,25 +267,37 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, cl
             if not match or (run and match.group("run") != run):
                 continue
             found.append(ArchiveInfo(f"gs://{loc.bucket}/{blob.name}", match.group("run"),
-                                     int(match.group("step")), blob.size or 0, blob.updated, blob.name))
-    return sorted(found, key=lambda a: (a.run, a.step, a.name))
+                                     int(match.group("step")), blob.size or 0, blob.updated, blob.name,
+                                     "mtime" if match.group("mtime") else "name", blob.time_created,
+                                     blob.generation))
+    return sorted(found, key=lambda a: (a.run, a.recency))
 
 
-def prune(location: storage.GcsPath, run: str, keep: int, *, client=None) -> tuple[str, ...]:
-    """Delete all but the newest `keep` archives of `run`; return the deleted URLs."""
+def prune(location: storage.GcsPath, run: str, keep: int, *, client=None, protect: str | None = None) -> tuple[str, ...]:
+    """Delete all but the `keep` most recently uploaded archives of `run`, never `protect` (the URL
+    a save just wrote); return the deleted URLs. An archive replaced or deleted meanwhile is left alone."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
     client = client or _client()
     archives = list_archives(location, run, client=client)
-    doomed = archives[:-keep] if keep < len(archives) else []
+    doomed = [a for a in archives[: max(len(archives) - keep, 0)] if a.url != protect]
     bucket = client.bucket(location.bucket)
+    deleted = []
     with storage.translated_errors(location, "delete old archives in"):
         for info in doomed:
-            bucket.blob(info.name).delete()
-    return tuple(info.url for info in doomed)
+            try:
+                bucket.blob(info.name).delete(if_generation_match=info.generation)
+            except (NotFound, PreconditionFailed):
+                continue
+            deleted.append(info.url)
+    return tuple(deleted)
 
 
 # --- load ---------------------------------------------------------------------------------------
-def resolve_archive(source: str, *, client=None, deadline: float = storage.EXISTS_CHECK_DEADLINE) -> ArchiveInfo:
-    """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its latest archive.
+def resolve_archive(source: str, *, step: int | None = None, client=None,
+                    deadline: float = storage.EXISTS_CHECK_DEADLINE) -> ArchiveInfo:
+    """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its most recently uploaded
+    archive, or with `step` its (most recent) archive of that step.
 
     The bucket is checked first (one request), so a missing bucket is named as such.
     """
@@ -230,22 +306,35 @@ def resolve_archive(source: str, *, client=None, deadline: float = storage.EXIST
     name = loc.path.rsplit("/", 1)[-1]
     if not name:
         raise ArchiveNotFound(f"{source} names no run: write gs://BUCKET[/PREFIX]/RUN or an archive URL")
-    storage.require_bucket(client, loc, deadline)
     match = ARCHIVE_NAME.match(name)
+    if match and step is not None:
+        raise ColabMagicsError(f"--step picks an archive of a run: give the run's URL "
+                               f"(gs://{loc.bucket}/{loc.path[: -len(name)]}{match.group('run')}), not an archive's")
+    storage.require_bucket(client, loc, deadline)
     if match:
-        return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path)
+        return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path,
+                           "mtime" if match.group("mtime") else "name")
     parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
     archives = list_archives(parent, name, client=client)
     if not archives:
         raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: %gcs_list {parent} shows what is there")
-    return max(archives, key=lambda a: a.step)
+    if step is None:
+        return latest(archives)
+    of_step = [a for a in archives if a.step == step and a.step_from == "name"]
+    if not of_step:
+        steps = sorted({a.step for a in archives if a.step_from == "name"})
+        raise ArchiveNotFound(f"no archive of step {step} of run {name!r} under {parent}: "
+                              f"steps archived: {', '.join(map(str, steps)) or 'none'}")
+    return latest(of_step)
 
 
-def load_run(source: str, target_dir, *, settings: TransferSettings | None = None, client=None) -> Restored:
-    """Restore an archive (or a run's latest) into `target_dir`; a bad archive leaves it untouched."""
+def load_run(source: str, target_dir, *, step: int | None = None, settings: TransferSettings | None = None,
+             client=None) -> Restored:
+    """Restore an archive (or a run's latest, or its `step`) into `target_dir`; a bad archive leaves
+    it untouched. Returns a Restored record whose str() is the checkpoint path."""
     settings = settings or TransferSettings()
     client = client or _client()
-    info = resolve_archive(source, client=client, deadline=settings.retry_deadline)
+    info = resolve_archive(source, step=step, client=client, deadline=settings.retry_deadline)
     loc = storage.parse_url(info.url)
     bucket = client.bucket(loc.bucket)  # resolve_archive checked that it exists
     with storage.translated_errors(loc, "read"):
@@ -260,14 +349,23 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
     staging = packing.staging_dir(target)
     try:
         with storage.translated_errors(loc, "download"):
-            count = _extract(blob, staging, settings)
-        checkpoint = _prepare_checkpoint(staging, info.step)
+            _extract(blob, staging, settings)
+        checkpoint = _prepare_checkpoint(staging, info.step if info.step_from == "name" else None)
+        files = tuple(sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file()))
         packing.move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return _restored(info, target, checkpoint, files, time.monotonic() - started)
+
+
+def _restored(info: ArchiveInfo, target: Path, checkpoint: Path | None, files: tuple[Path, ...],
+              seconds: float) -> Restored:
+    """The record of a restore: paths below `target`, step and epoch as the layout records them."""
     path = target / checkpoint if checkpoint is not None else None
-    return Restored(info.url, target, path, info.step, count, time.monotonic() - started)
+    found = progress.read_progress(path if path is not None else target, target)
+    step = found.step if found.step is not None else (info.step if info.step_from == "name" else None)
+    return Restored(info.url, target, path, step, tuple(target / f for f in files), seconds, found.epoch)
 
 
 def _extract(blob, staging: Path, settings: TransferSettings) -> int:
