@@ -24,9 +24,9 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Collection, Iterable
+from typing import BinaryIO, Callable, Collection, Iterable, Mapping, NamedTuple
 
-from colab_magics.errors import CorruptArchive, UnsafeArchive
+from colab_magics.errors import CorruptArchive, RunDirError, UnsafeArchive
 
 COPY_BLOCK = 4 * 1024 * 1024
 _SAMPLE = 256 * 1024
@@ -61,26 +61,27 @@ def write_zip(
     files: Iterable[Path],
     *,
     comment: bytes = b"",
-    strict: Collection[Path] = (),
+    strict: Collection[Path] | Mapping[Path, Signature | None] = (),
     on_bytes: Callable[[int], None] | None = None,
 ) -> int:
     """Write `files` (paths inside `root`) as a zip into the stream `out`; return the member count.
 
     Each file is read once, exactly as large as it was when opened. The files in `strict` (the
-    step's own files) must not change at all until the archive is complete: if one does, FileChanged
-    is raised before the zip's central directory is written, and nothing more reaches `out`, so an
+    step's own files) must not change until the archive is complete, nor differ from the
+    `file_signature` a mapping gives them (taken when they had settled): if one does, FileChanged is
+    raised before the zip's central directory is written and nothing more reaches `out`, so an
     upload fed by `out` is never finalized with a torn file. The other members (event logs, state
     files) are taken as they were when opened. `on_bytes(n)` is called as bytes are read.
     """
     sink = _Sink(out)
-    strict = set(strict)
+    strict = _expected(strict)
     taken: list[_Source] = []
     count = 0
     buffer = bytearray(COPY_BLOCK)
     view = memoryview(buffer)
     with zipfile.ZipFile(sink, mode="w", allowZip64=True) as zf, sink.abandoned_on_error():
         for path in files:
-            with _Source(path, path in strict, on_bytes) as src:
+            with _Source(path, path in strict, strict.get(path), on_bytes) as src:
                 info = _zip_info(path.relative_to(root).as_posix(), src.stat)
                 info.compress_type = choose_compression(path, src.size, src.sample())
                 if info.compress_type == zipfile.ZIP_DEFLATED:
@@ -101,7 +102,7 @@ def write_targz(
     root: Path,
     files: Iterable[Path],
     *,
-    strict: Collection[Path] = (),
+    strict: Collection[Path] | Mapping[Path, Signature | None] = (),
     on_bytes: Callable[[int], None] | None = None,
 ) -> int:
     """Write `files` (paths inside `root`) as a tar.gz into the stream `out`; return the member count.
@@ -114,7 +115,7 @@ def write_targz(
     import gzip
 
     files = list(files)
-    strict = set(strict)
+    strict = _expected(strict)
     largest = max(files, key=lambda p: p.stat().st_size, default=None)
     compresses = largest is None or choose_compression(largest, largest.stat().st_size) == zipfile.ZIP_DEFLATED
     level = 1 if compresses else 0
@@ -124,7 +125,7 @@ def write_targz(
             tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_BLOCK) as tar, \
             sink.abandoned_on_error():
         for path in files:
-            with _Source(path, path in strict, on_bytes) as src:
+            with _Source(path, path in strict, strict.get(path), on_bytes) as src:
                 info = tarfile.TarInfo(path.relative_to(root).as_posix())
                 info.size, info.mtime, info.mode = src.size, src.stat.st_mtime, src.stat.st_mode & 0o7777
                 tar.addfile(info, src)
@@ -145,9 +146,22 @@ def _zip_info(arcname: str, st: os.stat_result) -> zipfile.ZipInfo:
     return info
 
 
-def _signature(st: os.stat_result) -> tuple:
+class Signature(NamedTuple):
     """What changes when a file is written, truncated or replaced (mtime alone can tick coarsely)."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def file_signature(st: os.stat_result) -> Signature:
+    return Signature(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _expected(strict) -> dict:
+    return dict(strict) if isinstance(strict, Mapping) else dict.fromkeys(strict)
 
 
 def _check_unchanged(sources: list[_Source]) -> None:
@@ -157,7 +171,7 @@ def _check_unchanged(sources: list[_Source]) -> None:
                 now = os.stat(src.path)
             except FileNotFoundError:
                 raise FileChanged(src.path, "was deleted while the archive was written") from None
-            if _signature(now) != _signature(src.stat):
+            if file_signature(now) != file_signature(src.stat):
                 raise FileChanged(src.path, "changed while the archive was written")
 
 
@@ -165,20 +179,27 @@ class _Source:
     """One file opened for archiving: its size is fixed at opening, and exactly that many bytes are read.
 
     Only a regular file is opened, and with O_NONBLOCK, so a FIFO (or one swapped in meanwhile)
-    never blocks the save. `check()` raises FileChanged if a `strict` file changed since it was opened.
+    never blocks the save. A file whose signature is not `expect` (when given) is FileChanged at
+    once; `check()` raises FileChanged if a `strict` file changed since it was opened.
     """
 
-    def __init__(self, path: Path, strict: bool = False, on_bytes: Callable[[int], None] | None = None):
+    def __init__(self, path: Path, strict: bool = False, expect: Signature | None = None,
+                 on_bytes: Callable[[int], None] | None = None):
         self.path, self.strict, self._on_bytes = path, strict, on_bytes
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise FileChanged(path, "is not a regular file (a FIFO, socket or device): it cannot be archived")
+            raise RunDirError(f"{path} is not a regular file (a FIFO, socket or device): it cannot be archived; "
+                              "move it out of the run directory")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         self.file = os.fdopen(fd, "rb", buffering=0)
         self.stat = os.fstat(fd)
         if not stat.S_ISREG(self.stat.st_mode):
             self.file.close()
-            raise FileChanged(path, "stopped being a regular file while it was opened")
+            raise RunDirError(f"{path} is not a regular file (a FIFO, socket or device): it cannot be archived; "
+                              "move it out of the run directory")
         self.size = self._left = self.stat.st_size
+        if expect is not None and file_signature(self.stat) != expect:
+            self.file.close()
+            raise FileChanged(path, "changed before it was read")
 
     def __enter__(self) -> "_Source":
         return self
@@ -211,7 +232,7 @@ class _Source:
         return bytes(data)
 
     def check(self) -> None:
-        if self.strict and _signature(os.fstat(self.file.fileno())) != _signature(self.stat):
+        if self.strict and file_signature(os.fstat(self.file.fileno())) != file_signature(self.stat):
             raise FileChanged(self.path, "changed while it was read")
 
 

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 ARCHIVE_NAME = re.compile(r"^(?P<run>.+)\.(?P<mtime>mtime-)?(?P<step>\d+)\.(?P<ext>zip|tar\.gz|tgz)$")
 FORMATS = {"zip": "application/zip", "tar.gz": "application/gzip"}  # archive format → content type
 READ_TRIES = 3  # reads of a step whose files change meanwhile, before the save gives up
-SETTLE_SECONDS = 0.5  # a changed file must stay unchanged this long before it is read again ...
-SETTLE_DEADLINE = 3.0  # ... or this long has passed
+SETTLE_SECONDS = 0.5  # the step's files must look the same at least this long, around the whole read
+SETTLE_DEADLINE = 3.0  # how long a changed file is watched for quiet before it is read again
 
 
 @dataclass(frozen=True)
@@ -176,49 +176,64 @@ class _PreconditionFailed(Exception):
 
 def _upload_consistent(blob, root: Path, members: list[Path], stable: set[Path], comment: bytes, force: bool,
                        settings: TransferSettings, fmt: str) -> tuple[int, tuple[str, ...]]:
-    """Upload the archive; read the step again (after its files settle) while one changes under us.
+    """Upload the archive; read the step again (once its files settle) while one changes under us.
 
-    Returns the size and the files that forced a re-read. A step that keeps changing is a
+    Returns the size and the files that forced a re-read; a step that keeps changing is a
     CheckpointChanging naming the file, and no object is left under the name.
     """
     reread: list[str] = []
-    for attempt in range(1, READ_TRIES + 1):
+    for attempt in range(READ_TRIES):
+        if attempt:
+            _wait_until_quiet(stable)
+        started = time.monotonic()
         try:
-            return _upload_archive(blob, root, members, stable, comment, force, settings, fmt), tuple(reread)
+            size = _upload_archive(blob, root, members, _signatures(stable), started, comment, force, settings, fmt)
+            return size, tuple(reread)
         except packing.FileChanged as exc:
-            name = exc.path.relative_to(root).as_posix()
-            if attempt == READ_TRIES:
-                raise CheckpointChanging(
-                    f"{exc.path} kept changing while it was read ({READ_TRIES} tries, last: {exc.what.split(' (')[0]}): "
-                    "nothing was uploaded; save again once training has written it", path=exc.path) from None
-            log.info("%s %s: reading the step again once it settles", name, exc.what)
-            reread.append(name)
-            _wait_until_settled(exc.path)
-    raise AssertionError("unreachable")
+            log.info("%s %s: reading the step again once it settles", exc.path, exc.what)
+            reread.append(exc.path.relative_to(root).as_posix())
+            changing = exc.path
+    raise CheckpointChanging(
+        f"{changing} kept changing while it was read ({READ_TRIES} tries): nothing was uploaded; "
+        "save again once training has written it", path=changing)
 
 
-def _wait_until_settled(path: Path) -> None:
-    """Return once `path` has looked the same for SETTLE_SECONDS (or SETTLE_DEADLINE has passed)."""
-    def look():
+def _signatures(paths) -> dict[Path, packing.Signature | None]:
+    seen = {}
+    for path in paths:
         try:
-            st = os.stat(path)
+            seen[path] = packing.file_signature(os.stat(path))
         except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+            seen[path] = None  # the read will say it is missing
+    return seen
 
+
+def _unchanged_since(expected: dict[Path, packing.Signature | None], started: float) -> None:
+    """Raise FileChanged unless the step's files kept their signatures for SETTLE_SECONDS since `started`.
+
+    A file caught between a truncate and its next write looks unchanged while a small archive is read;
+    not for that long. Called before the upload's last chunk, so waiting costs only small saves.
+    """
+    time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - started)))
+    now = _signatures(expected)
+    for path, signature in expected.items():
+        if now[path] != signature:
+            raise packing.FileChanged(path, "changed while the archive was written")
+
+
+def _wait_until_quiet(paths: set[Path]) -> None:
+    """Return once none of `paths` has changed for SETTLE_SECONDS, or after SETTLE_DEADLINE."""
     deadline = time.monotonic() + SETTLE_DEADLINE
-    seen, since = look(), time.monotonic()
-    while time.monotonic() < deadline:
+    seen, quiet_since = _signatures(paths), time.monotonic()
+    while time.monotonic() - quiet_since < SETTLE_SECONDS and time.monotonic() < deadline:
         time.sleep(0.05)
-        now = look()
+        now = _signatures(paths)
         if now != seen:
-            seen, since = now, time.monotonic()
-        elif time.monotonic() - since >= SETTLE_SECONDS:
-            return
+            seen, quiet_since = now, time.monotonic()
 
 
-def _upload_archive(blob, root: Path, members: list[Path], stable: set[Path], comment: bytes, force: bool,
-                    settings: TransferSettings, fmt: str) -> int:
+def _upload_archive(blob, root: Path, members: list[Path], stable: dict[Path, packing.Signature | None],
+                    started: float, comment: bytes, force: bool, settings: TransferSettings, fmt: str) -> int:
     """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists.
 
     packing.FileChanged (a file of the step changed while read) is raised before the upload's last
@@ -235,6 +250,7 @@ def _upload_archive(blob, root: Path, members: list[Path], stable: set[Path], co
             packing.write_zip(out, root, members, comment=comment, strict=stable, on_bytes=on_bytes)
         else:
             packing.write_targz(out, root, members, strict=stable, on_bytes=on_bytes)
+        _unchanged_since(stable, started)
         return out.tell()  # BlobWriter.tell(): every byte written, the archive's size
 
     try:
