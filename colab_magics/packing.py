@@ -2,7 +2,10 @@
 
 Writing: a zip is written straight into a writable stream (no temporary file); each file is stored
 or deflated depending on whether a sample of it compresses, so float weights are not pushed through
-DEFLATE at single-core speed.
+DEFLATE at single-core speed. Each file is read once, exactly as large as it was when opened, and
+only if it is a regular file (opened with O_NONBLOCK: a FIFO never blocks). The step's own files must
+not change while the archive is written; if one does, FileChanged is raised and nothing more is
+written — no central directory, no gzip trailer — so an upload fed by the stream never completes.
 
 Reading: member names are checked before anything is written (absolute paths, `..`, links, devices
 are refused), and extraction happens in a staging directory that is moved into place only when every
