@@ -275,3 +275,72 @@ def test_progress_is_read_from_what_each_layout_records(tmp_path, files, checkpo
         write(tmp_path / name, data)
     found = progress.read_progress(tmp_path / checkpoint, tmp_path)
     assert (found.step, found.epoch) == expected
+
+
+# --- crc32c end to end, through the library's BlobWriter ----------------------------------------
+class FlippingProxy:
+    """A TCP proxy to the emulator that flips one byte of `marker` in what the client sends, once."""
+
+    def __init__(self, upstream_port: int, marker: bytes):
+        import socket
+
+        self.upstream_port, self.marker, self.flipped = upstream_port, marker, False
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self._sockets: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src, dst, outgoing: bool):
+        tail = b""
+        try:
+            while data := src.recv(65536):
+                if outgoing and not self.flipped:
+                    window = tail + data
+                    at = window.find(self.marker)
+                    if at >= len(tail):  # the marker starts in this piece: flip its first byte
+                        data = data[: at - len(tail)] + bytes([data[at - len(tail)] ^ 0xFF]) + data[at - len(tail) + 1:]
+                        self.flipped = True
+                    tail = window[-len(self.marker):]
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            s.close()
+
+    def close(self):
+        self.server.close()
+        for s in self._sockets:
+            s.close()
+
+
+def test_bytes_corrupted_on_the_way_never_leave_an_object(bucket, emulator_host, tmp_path, monkeypatch):
+    from colab_magics import auth, session
+    from colab_magics.errors import StorageError
+
+    marker = b"MARKER-" + os.urandom(25).hex().encode()
+    data = bytearray(os.urandom(3 * MiB))
+    data[2 * MiB: 2 * MiB + len(marker)] = marker  # in the last chunk, past a sample that does not compress
+    write(tmp_path / "run1" / "model-5.keras", bytes(data))
+    proxy = FlippingProxy(int(emulator_host.rsplit(":", 1)[1]), marker)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.port}")
+    session.current().set_auth(auth.authenticate())
+    try:
+        with pytest.raises(StorageError) as caught:
+            runs.save_run(tmp_path / "run1", bucket.name, settings=FAST)
+    finally:
+        proxy.close()
+    assert proxy.flipped and "\n" not in str(caught.value)
+    assert [b.name for b in bucket.list_blobs()] == []
