@@ -344,3 +344,51 @@ def test_bytes_corrupted_on_the_way_never_leave_an_object(bucket, emulator_host,
         proxy.close()
     assert proxy.flipped and "\n" not in str(caught.value)
     assert [b.name for b in bucket.list_blobs()] == []
+
+
+# --- step and epoch from layouts written by the real libraries ----------------------------------
+def test_progress_of_a_keras_backup_and_restore_directory(tmp_path):
+    keras = pytest.importorskip("keras")
+    np = pytest.importorskip("numpy")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
+    model.fit(np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32"), epochs=3, callbacks=[backup], verbose=0)
+    found = progress.read_progress(tmp_path / "backup" / "latest.weights.h5", tmp_path)
+    assert found.epoch == 3  # epochs done: what fit(initial_epoch=...) takes, as BackupAndRestore itself does
+
+
+def test_progress_of_hugging_face_trainer_and_lightning_checkpoints(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    lightning = pytest.importorskip("lightning")
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=37, num_labels=2)
+    data = [{"input_ids": torch.tensor([1, 5, 7, 2]), "labels": torch.tensor(i % 2)} for i in range(8)]
+    args = transformers.TrainingArguments(str(tmp_path / "hf"), use_cpu=True, report_to=[], save_steps=2,
+                                          max_steps=6, per_device_train_batch_size=4)
+    transformers.Trainer(model=transformers.BertForSequenceClassification(config), args=args,
+                         train_dataset=data).train()
+    found = progress.read_progress(tmp_path / "hf" / "checkpoint-6", tmp_path / "hf")
+    assert (found.step, found.epoch) == (6, 3)  # 6 steps of 4 out of 8 examples: 3 epochs
+
+    class Tiny(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(6, 2)), batch_size=2)
+    trainer = lightning.Trainer(default_root_dir=str(tmp_path / "pl"), max_epochs=2, logger=False,
+                                enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), loader)
+    (ckpt,) = (tmp_path / "pl" / "checkpoints").iterdir()
+    found = progress.read_progress(ckpt, tmp_path / "pl")
+    assert (found.step, found.epoch) == (trainer.global_step, trainer.current_epoch - 1)  # epoch=E counts from 0
