@@ -170,7 +170,7 @@ class ColabMagics(Magics):
     @argument("run", nargs="?", help="Only this run's archives.")
     @expected_errors
     def gcs_list(self, line: str = ""):
-        """List the archives under a bucket prefix, oldest upload first: run, step, size, time. Returns the list.
+        """List the archives under a bucket prefix (oldest upload first): run, step, size, time; return them.
 
         A checkpoint without a step number in its name is archived under its mtime and shown as
         such; the latest archive of a run is the most recently uploaded one, whatever its step.
@@ -432,7 +432,7 @@ def _describe_save(result) -> str:
     text = (f"Saved step {step} of {result.run} to {result.url} "
             f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s)")
     if result.reread:
-        text += f"; read again after {', '.join(result.reread)} changed while read"
+        text += f"; read again after {', '.join(dict.fromkeys(result.reread))} changed while read"
     if result.deleted:
         text += f"; deleted {', '.join(url.rsplit('/', 1)[-1] for url in result.deleted)}"
     return text

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -107,7 +107,8 @@ class ArchiveInfo:
     @property
     def recency(self) -> tuple:
         """Sort key: upload order (creation time, then generation), oldest first."""
-        return (self.created or self.updated or datetime.min.replace(tzinfo=timezone.utc), self.generation or 0, self.name)
+        when = self.created or self.updated or datetime.min.replace(tzinfo=timezone.utc)
+        return when, self.generation or 0, self.name
 
 
 def archive_name(run: str, step: int, ext: str = "zip", *, step_from: str = "name") -> str:
@@ -187,7 +188,8 @@ def _upload_consistent(blob, root: Path, members: list[Path], stable: set[Path],
             _wait_until_quiet(stable)
         started = time.monotonic()
         try:
-            size = _upload_archive(blob, root, members, _signatures(stable), started, comment, force, settings, fmt)
+            expected = _signatures(stable)
+            size = _upload_archive(blob, root, members, expected, started, comment, force, settings, fmt)
             return size, tuple(reread)
         except packing.FileChanged as exc:
             log.info("%s %s: reading the step again once it settles", exc.path, exc.what)
@@ -289,7 +291,8 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, cl
     return sorted(found, key=lambda a: (a.run, a.recency))
 
 
-def prune(location: storage.GcsPath, run: str, keep: int, *, client=None, protect: str | None = None) -> tuple[str, ...]:
+def prune(location: storage.GcsPath, run: str, keep: int, *, client=None,
+          protect: str | None = None) -> tuple[str, ...]:
     """Delete all but the `keep` most recently uploaded archives of `run`, never `protect` (the URL
     a save just wrote); return the deleted URLs. An archive replaced or deleted meanwhile is left alone."""
     from google.api_core.exceptions import NotFound, PreconditionFailed
