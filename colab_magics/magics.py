@@ -147,8 +147,8 @@ class ColabMagics(Magics):
         """Restore an archive (or a run's latest) into TARGET_DIR; return the checkpoint.
 
         Extraction is checked and atomic: a corrupt or unsafe archive leaves TARGET_DIR as it was.
-        The result's str() is the checkpoint path (open(), Path(), tf.train.load_checkpoint() take
-        it); .step and .epoch say where training stopped, where the layout records it.
+        The result is the checkpoint path (a str: open(), Path(), tf.train.load_checkpoint() take
+        it) with .step and .epoch saying where training stopped, where the layout records it.
 
         Examples::
 

@@ -62,34 +62,41 @@ class Skipped:
     step_from: str = "name"
 
 
-@dataclass(frozen=True, repr=False)
-class Restored:
-    """What `load_run` and `%gcs_load` return. `str()` and `os.fspath()` give the checkpoint path, so
-    `open(ckpt)`, `Path(ckpt)`, `tf.train.load_checkpoint(ckpt)` take it as before; `.step` and
-    `.epoch` say where training stopped, as the layout records it (None where it records nothing).
+class Restored(str):
+    """What `load_run` and `%gcs_load` return: the checkpoint path itself (a `str`, as the magic
+    always returned, so `ckpt.endswith(...)`, `open(ckpt)`, `Path(ckpt)`, `tf.train.load_checkpoint(ckpt)`
+    keep working), carrying where training stopped: `.step` and `.epoch` as the layout records them
+    (None where it records nothing), `.path`, `.files` (every restored file), `.url`, `.target`.
     """
 
     url: str
     target: Path
     checkpoint: Path | None  # None: the archive holds no checkpoint of a known layout
     step: int | None
-    files: tuple[Path, ...]  # every file restored, below target
+    files: tuple[Path, ...]
     seconds: float
-    epoch: int | float | None = None
+    epoch: int | float | None
+
+    def __new__(cls, url: str, target: Path, checkpoint: Path | None, step: int | None,
+                files: tuple[Path, ...], seconds: float, epoch: int | float | None = None):
+        self = super().__new__(cls, str(checkpoint if checkpoint is not None else target))
+        self.url, self.target, self.checkpoint, self.step = url, target, checkpoint, step
+        self.files, self.seconds, self.epoch = files, seconds, epoch
+        return self
 
     @property
     def path(self) -> Path:
-        """The checkpoint path a framework loads (the target directory when none was recognised)."""
-        return self.checkpoint if self.checkpoint is not None else self.target
+        """The checkpoint a framework loads: a file, a TF prefix or a directory (else the target)."""
+        return Path(str(self))
 
     def __fspath__(self) -> str:
-        return str(self.path)
+        return str.__str__(self)
 
-    def __str__(self) -> str:
-        return str(self.path)
+    def __reduce__(self):
+        return Restored, (self.url, self.target, self.checkpoint, self.step, self.files, self.seconds, self.epoch)
 
     def __repr__(self) -> str:
-        return f"Restored({str(self.path)!r}, step={self.step}, epoch={self.epoch})"
+        return f"Restored({str.__str__(self)!r}, step={self.step}, epoch={self.epoch})"
 
 
 @dataclass(frozen=True)
