@@ -58,10 +58,10 @@ def upload_stream(blob, write: Callable[[BinaryIO], T], *, content_type: str,
     try:
         try:
             result = write(writer)
-        except BaseException:
-            _abandon(writer)
-            raise
-        writer.close()  # the last chunk: the object appears, its crc32c checked against ours
+            writer.close()  # the last chunk: the object appears, its crc32c checked against ours
+        finally:
+            if not writer.closed:  # write failed, or close() did: never leave close() to the collector
+                _abandon(writer)
     except DataCorruption as exc:  # finalized, but not the bytes we sent: take it away again
         _delete_generation(blob, exc.response)
         raise UploadFailed(f"upload of gs://{blob.bucket.name}/{blob.name} failed its crc32c check "
