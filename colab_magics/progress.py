@@ -48,10 +48,18 @@ def _home(checkpoint: Path) -> Path:
     return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
 
+def _read(path: Path) -> str | None:
+    """A small text file's content, or None; only regular files are opened (a FIFO would block)."""
+    try:
+        return path.read_text(errors="replace") if path.is_file() else None
+    except OSError:
+        return None
+
+
 def _json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(_read(path) or "null")
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -87,10 +95,7 @@ def _from_names(checkpoint: Path, target: Path) -> Progress:
 
 
 def _tf_state(checkpoint: Path) -> Progress:
-    try:
-        text = (_home(checkpoint) / "checkpoint").read_text(errors="replace")
-    except OSError:
-        return Progress()
-    named = _STATE_PATH.search(text)
+    text = _read(_home(checkpoint) / "checkpoint")
+    named = _STATE_PATH.search(text) if text else None
     match = _TF_STEP.search(Path(named.group("path")).name) if named else None
     return Progress(step=int(match.group(1)) if match else None)
