@@ -89,8 +89,8 @@ def child(spec: dict) -> dict:
     elif op == "our_load":
         restored = runs.load_run(f"gs://{BUCKET}/{ARCHIVE}", scratch / "restored", client=client,
                                  settings=runs.TransferSettings(progress=False))
-        if restored.files != 4:
-            raise SystemExit(f"load restored {restored.files} files, expected 4")
+        if len(restored.files) != 4:
+            raise SystemExit(f"load restored {len(restored.files)} files, expected 4")
     else:
         raise SystemExit(f"unknown operation {op!r}")
     seconds = time.perf_counter() - started

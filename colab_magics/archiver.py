@@ -263,7 +263,8 @@ class Archiver:
                 step = previous[0]
         started = time.monotonic()
         try:
-            result = runs.save_run(self.run_dir, self.location.url, step=step, events=self.events,
+            pinned = step if ckpt.step_from == "name" else None  # an mtime is no step: save_run names it so
+            result = runs.save_run(self.run_dir, self.location.url, step=pinned, events=self.events,
                                    keep=self.keep, settings=self.settings, client=self._client, fmt=self.fmt,
                                    exclude=self.exclude, include=self.include)
         except ColabMagicsError as exc:

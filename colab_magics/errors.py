@@ -95,6 +95,12 @@ class NoCheckpointFound(RunDirError):
 
 class NotRegularFile(RunDirError):
     """The checkpoint asked for is a FIFO, socket, device or broken link: it cannot be read as a file."""
+class CheckpointChanging(RunDirError):
+    """A checkpoint file kept changing while it was read: archiving it would store a torn copy."""
+
+    def __init__(self, message: str, *, path=None):
+        super().__init__(message)
+        self.path = path
 
 
 class UnsafeArchive(ColabMagicsError):

@@ -149,7 +149,8 @@ class ColabMagics(Magics):
     @argument("--step", type=int, help="Save this step instead of the latest.")
     @argument("--events", action="store_true", help="Also archive every events.out.tfevents.* below RUN_DIR.")
     @argument("--force", action="store_true", help="Replace the archive if it already exists.")
-    @argument("--keep", type=int, metavar="N", help="Then delete all but the newest N archives of this run.")
+    @argument("--keep", type=int, metavar="N", help="Then delete all but the N most recently uploaded archives "
+                                                     "of this run (never the one just written).")
     @argument("--exclude", action="append", default=[], metavar="GLOB",
               help="Leave out files whose path, name or directory matches GLOB (repeatable).")
     @argument("--include", action="append", default=[], metavar="GLOB",
@@ -163,7 +164,9 @@ class ColabMagics(Magics):
         Everything under RUN_DIR goes in except the other steps of each checkpoint series
         (`ckpt-{N}.*`, `checkpoint-{N}/`, ...), TensorBoard event files (unless --events) and what
         --exclude names. The archive is streamed (no temporary file), checked end to end by crc32c,
-        and never overwrites an existing one unless --force.
+        and never overwrites an existing one unless --force. A file of the step that changes while
+        it is read makes the step be read again; if it keeps changing the save fails and uploads
+        nothing.
 
         Examples::
 
@@ -186,25 +189,31 @@ class ColabMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("source", help="gs://BUCKET[/PREFIX]/RUN.STEP.zip (or .tar.gz), or gs://BUCKET[/PREFIX]/RUN for its latest.")
+    @argument("source", help="gs://BUCKET[/PREFIX]/RUN.STEP.zip (or .tar.gz), or gs://BUCKET[/PREFIX]/RUN "
+                             "for its most recently uploaded archive.")
     @argument("target_dir", help="Directory to restore into (created if missing).")
+    @argument("--step", type=int, help="With a run URL: restore the archive of this step instead.")
     @expected_errors
     def gcs_load(self, line: str | Sequence[str] = ""):
-        """Restore an archive (or a run's latest) into TARGET_DIR; return the checkpoint path.
+        """Restore an archive (or a run's latest) into TARGET_DIR; return the checkpoint.
 
         Extraction is checked and atomic: a corrupt or unsafe archive leaves TARGET_DIR as it was.
+        The result is the checkpoint path (a str: open(), Path(), tf.train.load_checkpoint() take
+        it) with .step and .epoch saying where training stopped, where the layout records it.
 
         Examples::
 
             %gcs_load gs://my-bucket/experiments/run1 /content/runs/run1
             ckpt = %gcs_load gs://my-bucket/run1.1000.zip runs/run1
+            ckpt = %gcs_load gs://my-bucket/run1 runs/run1 --step 500
+            model.fit(x, y, initial_epoch=ckpt.epoch, epochs=10)
         """
         from colab_magics import runs
 
         args, _ = parse(self.gcs_load, line)
-        result = runs.load_run(args.source, args.target_dir, settings=self.transfer_settings())
+        result = runs.load_run(args.source, args.target_dir, step=args.step, settings=self.transfer_settings())
         print(_describe_load(result))
-        return str(result.checkpoint) if result.checkpoint else str(result.target)
+        return result
 
     @line_magic
     @magic_arguments()
@@ -212,8 +221,11 @@ class ColabMagics(Magics):
     @argument("run", nargs="?", help="Only this run's archives.")
     @expected_errors
     def gcs_list(self, line: str | Sequence[str] = ""):
-        """List the archives under a bucket prefix and every prefix below it: prefix, run, step,
-        size, time. Returns the list.
+        """List the archives under a bucket prefix and every prefix below it (oldest upload first):
+        prefix, run, step, size, time; return them.
+
+        A checkpoint without a step number in its name is archived under its mtime and shown as
+        such; the latest archive of a run is the most recently uploaded one, whatever its step.
 
         Examples::
 
@@ -226,7 +238,7 @@ class ColabMagics(Magics):
         args, _ = parse(self.gcs_list, line)
         archives = runs.list_archives(args.location, args.run, recursive=True, deadline=self.retry_deadline)
         asked = storage.parse_url(args.location).path
-        rows = [(_relative(a.prefix, asked), a.run, a.step, human_size(a.size), _when(a.updated), a.url)
+        rows = [(_relative(a.prefix, asked), a.run, _step_text(a), human_size(a.size), _when(a.updated), a.url)
                 for a in archives]
         return TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
                                          empty=f"no archives under {args.location}"))
@@ -564,14 +576,17 @@ def _describe_save(result) -> str:
     from colab_magics.display import human_size
     from colab_magics.runs import Skipped
 
+    step = _step_text(result)
     if isinstance(result, Skipped):
         return f"Skipped {result.url}: {result.reason}"
-    text = (f"Saved step {result.step} of {result.run} to {result.url} "
+    text = (f"Saved step {step} of {result.run} to {result.url} "
             f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s)")
     if result.left_out_older:
         text += f"; {result.left_out_older} file(s) of older steps left out"
+    if result.reread:
+        text += f"; read again after {', '.join(dict.fromkeys(result.reread))} changed while read"
     if result.deleted:
-        text += f"; deleted {len(result.deleted)} older archive(s)"
+        text += f"; deleted {', '.join(url.rsplit('/', 1)[-1] for url in result.deleted)}"
     return text
 
 
@@ -596,7 +611,18 @@ def _describe_plan(result) -> str:
 
 
 def _describe_load(result) -> str:
-    text = f"Restored {result.url} into {result.target} (step {result.step}, {result.files} files, {result.seconds:.1f} s)"
+    where = ", ".join(f"{k} {v}" for k, v in (("step", result.step), ("epoch", result.epoch)) if v is not None)
+    text = (f"Restored {result.url} into {result.target} "
+            f"({where + ', ' if where else ''}{len(result.files)} files, {result.seconds:.1f} s)")
     if result.checkpoint:
         text += f"\nCheckpoint: {result.checkpoint}"
     return text
+
+
+def _step_text(record) -> str:
+    """A step as shown: the number, or the mtime that stands in for one."""
+    if getattr(record, "step_from", "name") != "mtime":
+        return str(record.step)
+    from datetime import datetime, timezone
+
+    return f"(mtime {_when(datetime.fromtimestamp(record.step, timezone.utc))})"

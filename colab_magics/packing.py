@@ -2,7 +2,10 @@
 
 Writing: a zip is written straight into a writable stream (no temporary file); each file is stored
 or deflated depending on whether a sample of it compresses, so float weights are not pushed through
-DEFLATE at single-core speed.
+DEFLATE at single-core speed. Each file is read once, exactly as large as it was when opened, and
+only if it is a regular file (opened with O_NONBLOCK: a FIFO never blocks). The step's own files must
+not change while the archive is written; if one does, FileChanged is raised and nothing more is
+written — no central directory, no gzip trailer — so an upload fed by the stream never completes.
 
 Reading: member names, layout and declared sizes are checked before anything is written (absolute
 paths, `..`, links, devices are refused); sizes are enforced while inflating, with memory bounded
@@ -11,6 +14,7 @@ by a constant; what is written goes into a staging directory that `restore` swap
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -21,9 +25,9 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Collection, Iterable, Mapping, NamedTuple
 
-from colab_magics.errors import ArchiveTooLarge, CorruptArchive, DiskFull, EmptyArchive, UnsafeArchive
+from colab_magics.errors import ArchiveTooLarge, CorruptArchive, DiskFull, EmptyArchive, RunDirError, UnsafeArchive
 
 COPY_BLOCK = 4 * 1024 * 1024
 _SAMPLE = 256 * 1024
@@ -33,12 +37,21 @@ ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
 
 
 # --- writing ------------------------------------------------------------------------------------
-def choose_compression(path: Path, size: int) -> int:
+class FileChanged(Exception):
+    """A file changed, shrank or stopped being a regular file while it was read into an archive."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"{path} {what}")
+        self.path, self.what = path, what
+
+
+def choose_compression(path: Path, size: int, sample: bytes | None = None) -> int:
     """DEFLATE when a sample of the file shrinks by 15 % or more, else STORED."""
     if size <= _SMALL_FILE:
         return zipfile.ZIP_DEFLATED
-    with open(path, "rb") as fh:
-        sample = fh.read(_SAMPLE)
+    if sample is None:
+        with _Source(path) as src:
+            sample = src.sample()
     packed = zlib.compress(sample, 1)
     return zipfile.ZIP_DEFLATED if len(packed) < _COMPRESSIBLE_RATIO * len(sample) else zipfile.ZIP_STORED
 
@@ -49,31 +62,38 @@ def write_zip(
     files: Iterable[Path],
     *,
     comment: bytes = b"",
+    strict: Collection[Path] | Mapping[Path, Signature | None] = (),
     on_bytes: Callable[[int], None] | None = None,
 ) -> int:
     """Write `files` (paths inside `root`) as a zip into the stream `out`; return the member count.
 
-    `on_bytes(n)` is called as source bytes are read, for progress bars.
+    Each file is read once, exactly as large as it was when opened. The files in `strict` (the
+    step's own files) must not change until the archive is complete, nor differ from the
+    `file_signature` a mapping gives them (taken when they had settled): if one does, FileChanged is
+    raised before the zip's central directory is written and nothing more reaches `out`, so an
+    upload fed by `out` is never finalized with a torn file. The other members (event logs, state
+    files) are taken as they were when opened. `on_bytes(n)` is called as bytes are read.
     """
+    sink = _Sink(out)
+    strict = _expected(strict)
+    taken: list[_Source] = []
     count = 0
     buffer = bytearray(COPY_BLOCK)
     view = memoryview(buffer)
-    with zipfile.ZipFile(out, mode="w", allowZip64=True) as zf:
+    with zipfile.ZipFile(sink, mode="w", allowZip64=True) as zf, sink.abandoned_on_error():
         for path in files:
-            st = path.stat()
-            info = zipfile.ZipInfo.from_file(path, arcname=path.relative_to(root).as_posix())
-            info.compress_type = choose_compression(path, st.st_size)
-            if info.compress_type == zipfile.ZIP_DEFLATED:
-                info._compresslevel = 1  # fast: checkpoints are big and rarely very compressible
-            with open(path, "rb") as src, zf.open(info, "w", force_zip64=st.st_size > 2**31) as dst:
-                while True:
-                    n = src.readinto(buffer)
-                    if not n:
-                        break
-                    dst.write(view[:n])
-                    if on_bytes is not None:
-                        on_bytes(n)
+            with _Source(path, path in strict, strict.get(path), on_bytes) as src:
+                info = _zip_info(path.relative_to(root).as_posix(), src.stat)
+                info.compress_type = choose_compression(path, src.size, src.sample())
+                if info.compress_type == zipfile.ZIP_DEFLATED:
+                    info._compresslevel = 1  # fast: checkpoints are big and rarely very compressible
+                with zf.open(info, "w", force_zip64=src.size > 2**31) as dst, sink.abandoned_on_error():
+                    while n := src.readinto(buffer):
+                        dst.write(view[:n])
+                    src.check()
+            taken.append(src)
             count += 1
+        _check_unchanged(taken)  # a file read early may have been rewritten since
         zf.comment = comment
     return count
 
@@ -83,43 +103,172 @@ def write_targz(
     root: Path,
     files: Iterable[Path],
     *,
+    strict: Collection[Path] | Mapping[Path, Signature | None] = (),
     on_bytes: Callable[[int], None] | None = None,
 ) -> int:
     """Write `files` (paths inside `root`) as a tar.gz into the stream `out`; return the member count.
 
     Sequential (a tar written into a GzipFile, 4 MiB at a time), so `out` need not seek. The gzip
     level follows `choose_compression` on the largest file: 1 when it compresses, 0 (stored blocks)
-    when it does not, so float weights are not pushed through DEFLATE for nothing.
+    when it does not, so float weights are not pushed through DEFLATE for nothing. Files are read and
+    checked as by `write_zip`; on a change nothing more reaches `out` (no gzip trailer).
     """
     import gzip
 
     files = list(files)
+    strict = _expected(strict)
     largest = max(files, key=lambda p: p.stat().st_size, default=None)
     compresses = largest is None or choose_compression(largest, largest.stat().st_size) == zipfile.ZIP_DEFLATED
     level = 1 if compresses else 0
-    count = 0
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=level) as gz, \
-            tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_BLOCK) as tar:
+    sink = _Sink(out)
+    taken: list[_Source] = []
+    with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=level) as gz, \
+            tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_BLOCK) as tar, \
+            sink.abandoned_on_error():
         for path in files:
-            info = tar.gettarinfo(path, arcname=path.relative_to(root).as_posix())
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with open(path, "rb") as src:
-                tar.addfile(info, _CountingReader(src, on_bytes) if on_bytes else src)
-            count += 1
-    return count
+            with _Source(path, path in strict, strict.get(path), on_bytes) as src:
+                info = tarfile.TarInfo(path.relative_to(root).as_posix())
+                info.size, info.mtime, info.mode = src.size, src.stat.st_mtime, src.stat.st_mode & 0o7777
+                tar.addfile(info, src)
+                src.check()
+            taken.append(src)
+        _check_unchanged(taken)
+    return len(taken)
 
 
-class _CountingReader:
-    """A file wrapper reporting bytes read, for progress bars."""
+def _zip_info(arcname: str, st: os.stat_result) -> zipfile.ZipInfo:
+    """`ZipInfo.from_file` from a stat result we already hold (dates before 1980 become 1980)."""
+    date_time = time.localtime(st.st_mtime)[:6]
+    if date_time[0] < 1980:
+        date_time = (1980, 1, 1, 0, 0, 0)
+    info = zipfile.ZipInfo(arcname, date_time)
+    info.external_attr = (st.st_mode & 0xFFFF) << 16
+    info.file_size = st.st_size
+    return info
 
-    def __init__(self, inner: BinaryIO, on_bytes: Callable[[int], None]):
-        self._inner, self._on_bytes = inner, on_bytes
+
+class Signature(NamedTuple):
+    """What changes when a file is written, truncated or replaced (mtime alone can tick coarsely)."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def file_signature(st: os.stat_result) -> Signature:
+    return Signature(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _expected(strict) -> dict:
+    return dict(strict) if isinstance(strict, Mapping) else dict.fromkeys(strict)
+
+
+def _check_unchanged(sources: list[_Source]) -> None:
+    for src in sources:
+        if src.strict:
+            try:
+                now = os.stat(src.path)
+            except FileNotFoundError:
+                raise FileChanged(src.path, "was deleted while the archive was written") from None
+            if file_signature(now) != file_signature(src.stat):
+                raise FileChanged(src.path, "changed while the archive was written")
+
+
+class _Source:
+    """One file opened for archiving: its size is fixed at opening, and exactly that many bytes are read.
+
+    Only a regular file is opened, and with O_NONBLOCK, so a FIFO (or one swapped in meanwhile)
+    never blocks the save. A file whose signature is not `expect` (when given) is FileChanged at
+    once; `check()` raises FileChanged if a `strict` file changed since it was opened.
+    """
+
+    def __init__(self, path: Path, strict: bool = False, expect: Signature | None = None,
+                 on_bytes: Callable[[int], None] | None = None):
+        self.path, self.strict, self._on_bytes = path, strict, on_bytes
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise RunDirError(f"{path} is not a regular file (a FIFO, socket or device): it cannot be archived; "
+                              "move it out of the run directory")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        self.file = os.fdopen(fd, "rb", buffering=0)
+        self.stat = os.fstat(fd)
+        if not stat.S_ISREG(self.stat.st_mode):
+            self.file.close()
+            raise RunDirError(f"{path} is not a regular file (a FIFO, socket or device): it cannot be archived; "
+                              "move it out of the run directory")
+        self.size = self._left = self.stat.st_size
+        if expect is not None and file_signature(self.stat) != expect:
+            self.file.close()
+            raise FileChanged(path, "changed before it was read")
+
+    def __enter__(self) -> "_Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def sample(self) -> bytes:
+        """The first bytes, without moving the read position."""
+        return os.pread(self.file.fileno(), _SAMPLE, 0)
+
+    def readinto(self, buffer) -> int:
+        if not self._left:
+            return 0
+        n = self.file.readinto(memoryview(buffer)[: min(len(buffer), self._left)])
+        if not n:
+            raise FileChanged(self.path, f"shrank while it was read ({self.size - self._left} of {self.size} bytes)")
+        self._left -= n
+        if self._on_bytes is not None:
+            self._on_bytes(n)
+        return n
 
     def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        self._on_bytes(len(data))
-        return data
+        """Exactly `size` bytes (or what is left of the size at opening): tarfile takes less as an error."""
+        want = self._left if size is None or size < 0 else min(size, self._left)
+        data = bytearray(want)
+        got = 0
+        while got < want:
+            got += self.readinto(memoryview(data)[got:])
+        return bytes(data)
+
+    def check(self) -> None:
+        if self.strict and file_signature(os.fstat(self.file.fileno())) != file_signature(self.stat):
+            raise FileChanged(self.path, "changed while it was read")
+
+
+class _Sink:
+    """What the archive writers write into: counts bytes, and goes deaf once abandoned.
+
+    On an error, the end records zipfile/tarfile/gzip write while unwinding never reach `out`, so a
+    torn archive is never completed and an upload fed by `out` never sees its end.
+    """
+
+    def __init__(self, out: BinaryIO):
+        self._out = out
+        self.written = 0
+        self._abandoned = False
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if not self._abandoned:
+            self._out.write(data)
+            self.written += size
+        return size
+
+    def tell(self) -> int:
+        return self.written
+
+    def flush(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def abandoned_on_error(self):
+        try:
+            yield
+        except BaseException:
+            self._abandoned = True
+            raise
 
 
 # --- checking names -----------------------------------------------------------------------------

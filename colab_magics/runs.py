@@ -1,24 +1,28 @@
 """Runs in a bucket: save the latest checkpoint of a run directory, list archives, restore one.
 
 An archive is `{PREFIX}/{RUN}.{STEP}.zip`, RUN being the run directory's name (the original
-colab_utils convention), so `%gcs_list` can group archives by run and `%gcs_load` can find the latest.
+colab_utils convention), so `%gcs_list` can group archives by run. A checkpoint whose name carries no
+step is named by its mtime, `{RUN}.mtime-{SECONDS}.zip`, so it is never taken for a step. "Latest"
+means most recently uploaded (object creation time, then generation), never the highest step: a run
+restarted from an earlier step, or one without step numbers, is still retained and restored right.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
-from colab_magics import checkpoints, packing, restore, storage, transfer
+from colab_magics import checkpoints, packing, progress, restore, storage, transfer
 from colab_magics.transfer import TransferSettings
 from colab_magics.errors import (
     ArchiveNotFound,
+    CheckpointChanging,
     ColabMagicsError,
     DownloadFailed,
     NoCheckpointFound,
@@ -28,8 +32,11 @@ from colab_magics.errors import (
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_NAME = re.compile(r"^(?P<run>.+)\.(?P<step>\d+)\.(?P<ext>zip|tar\.gz|tgz)$")
+ARCHIVE_NAME = re.compile(r"^(?P<run>.+)\.(?P<mtime>mtime-)?(?P<step>\d+)\.(?P<ext>zip|tar\.gz|tgz)$")
 FORMATS = {"zip": "application/zip", "tar.gz": "application/gzip"}  # archive format → content type
+READ_TRIES = 3  # reads of a step whose files change meanwhile, before the save gives up
+SETTLE_SECONDS = 0.5  # the step's files must look the same at least this long, around the whole read
+SETTLE_DEADLINE = 3.0  # how long a changed file is watched for quiet before it is read again
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,9 @@ class Saved:
     files: int
     checkpoint: Path
     seconds: float
-    deleted: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()  # URLs of the older archives --keep removed
+    step_from: str = "name"  # "mtime": `step` is the checkpoint's mtime (no step in its name)
+    reread: tuple[str, ...] = ()  # files that changed while read, so the step was read again
     left_out_older: int = 0  # files of older steps not archived
 
 
@@ -70,16 +79,44 @@ class Skipped:
     run: str
     step: int
     reason: str
+    step_from: str = "name"
 
 
-@dataclass(frozen=True)
-class Restored:
+class Restored(str):
+    """What `load_run` and `%gcs_load` return: the checkpoint path itself (a `str`, as the magic
+    always returned, so `ckpt.endswith(...)`, `open(ckpt)`, `Path(ckpt)`, `tf.train.load_checkpoint(ckpt)`
+    keep working), carrying where training stopped: `.step` and `.epoch` as the layout records them
+    (None where it records nothing), `.path`, `.files` (every restored file), `.url`, `.target`.
+    """
+
     url: str
     target: Path
-    checkpoint: Path | None
-    step: int
-    files: int
+    checkpoint: Path | None  # None: the archive holds no checkpoint of a known layout
+    step: int | None
+    files: tuple[Path, ...]
     seconds: float
+    epoch: int | float | None
+
+    def __new__(cls, url: str, target: Path, checkpoint: Path | None, step: int | None,
+                files: tuple[Path, ...], seconds: float, epoch: int | float | None = None):
+        self = super().__new__(cls, str(checkpoint if checkpoint is not None else target))
+        self.url, self.target, self.checkpoint, self.step = url, target, checkpoint, step
+        self.files, self.seconds, self.epoch = files, seconds, epoch
+        return self
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint a framework loads: a file, a TF prefix or a directory (else the target)."""
+        return Path(str(self))
+
+    def __fspath__(self) -> str:
+        return str.__str__(self)
+
+    def __reduce__(self):
+        return Restored, (self.url, self.target, self.checkpoint, self.step, self.files, self.seconds, self.epoch)
+
+    def __repr__(self) -> str:
+        return f"Restored({str.__str__(self)!r}, step={self.step}, epoch={self.epoch})"
 
 
 @dataclass(frozen=True)
@@ -91,11 +128,26 @@ class ArchiveInfo:
     updated: datetime | None
     name: str = field(repr=False, default="")
     prefix: str = ""  # the folder holding it in its bucket ("" at the top), e.g. "experiments/bert"
+    step_from: str = "name"  # "mtime": `step` is the checkpoint's mtime, not a step
+    created: datetime | None = field(repr=False, default=None)
+    generation: int | None = field(repr=False, default=None)
+
+    @property
+    def recency(self) -> tuple:
+        """Sort key: upload order (creation time, then generation), oldest first."""
+        when = self.created or self.updated or datetime.min.replace(tzinfo=timezone.utc)
+        return when, self.generation or 0, self.name
 
 
-def archive_name(run: str, step: int, ext: str = "zip") -> str:
-    """The one place archive names are made: `run1.1000.zip`."""
-    return f"{run}.{step}.{ext}"
+def archive_name(run: str, step: int, ext: str = "zip", *, step_from: str = "name") -> str:
+    """The one place archive names are made: `run1.1000.zip`, or `run1.mtime-1795611178.zip` when
+    the step is the checkpoint's mtime (its name has no number), so it never passes for a step."""
+    return f"{run}.{'mtime-' if step_from == 'mtime' else ''}{step}.{ext}"
+
+
+def latest(archives: list[ArchiveInfo]) -> ArchiveInfo:
+    """The most recently uploaded archive (not the highest step)."""
+    return max(archives, key=lambda a: a.recency)
 
 
 # --- save ---------------------------------------------------------------------------------------
@@ -131,7 +183,7 @@ def save_run(
     if run_name is not None and (not run_name.strip() or "/" in run_name):
         raise ColabMagicsError(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'")
     run = run_name or root.resolve().name
-    target = location.child(archive_name(run, ckpt.step, fmt))
+    target = location.child(archive_name(run, ckpt.step, fmt, step_from=ckpt.step_from))
     if dry_run:
         return _planned(plan, target.url, run)
     client = client or _client()
@@ -140,17 +192,22 @@ def save_run(
     if not force:
         with storage.translated_errors(target, "check"):
             if blob.exists(**storage.request_options(settings.retry_deadline)):
-                return Skipped(target.url, run, ckpt.step, "already in the bucket (use --force to replace it)")
+                return Skipped(target.url, run, ckpt.step, "already in the bucket (use --force to replace it)",
+                               ckpt.step_from)
     started = time.monotonic()
-    manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "layout": ckpt.layout,
-                "checkpoint": ckpt.path.relative_to(root).as_posix()}
+    manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "step_from": ckpt.step_from,
+                "layout": ckpt.layout, "checkpoint": ckpt.path.relative_to(root).as_posix()}
+    # the step's own files must not change while read; the TF state file is rewritten on restore anyway
+    stable = {f for f in ckpt.files if f.name != checkpoints.STATE_FILE}
     try:
-        size = _upload_archive(blob, root, members, json.dumps(manifest).encode(), force, settings, fmt)
+        size, reread = _upload_consistent(blob, root, members, stable, json.dumps(manifest).encode(),
+                                          force, settings, fmt)
     except _PreconditionFailed:
-        return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile")
-    deleted = prune(location, run, keep, client=client, deadline=settings.retry_deadline) if keep else ()
-    return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started, deleted,
-                 plan.left_out_count("older"))
+        return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile", ckpt.step_from)
+    deleted = prune(location, run, keep, client=client, protect=target.url,
+                    deadline=settings.retry_deadline) if keep else ()
+    return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started,
+                 deleted, ckpt.step_from, reread, plan.left_out_count("older"))
 
 
 def _planned(plan: checkpoints.Plan, url: str, run: str) -> Planned:
@@ -169,78 +226,106 @@ class _PreconditionFailed(Exception):
     pass
 
 
-def _upload_archive(blob, root: Path, members: list[Path], comment: bytes, force: bool, settings, fmt: str) -> int:
-    """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists."""
+def _upload_consistent(blob, root: Path, members: list[Path], stable: set[Path], comment: bytes, force: bool,
+                       settings: TransferSettings, fmt: str) -> tuple[int, tuple[str, ...]]:
+    """Upload the archive; read the step again (once its files settle) while one changes under us.
+
+    Returns the size and the files that forced a re-read; a step that keeps changing is a
+    CheckpointChanging naming the file, and no object is left under the name.
+    """
+    reread: list[str] = []
+    for attempt in range(READ_TRIES):
+        if attempt:
+            _wait_until_quiet(stable)
+        started = time.monotonic()
+        try:
+            expected = _signatures(stable)
+            size = _upload_archive(blob, root, members, expected, started, comment, force, settings, fmt)
+            return size, tuple(reread)
+        except packing.FileChanged as exc:
+            log.info("%s %s: reading the step again once it settles", exc.path, exc.what)
+            reread.append(exc.path.relative_to(root).as_posix())
+            changing = exc.path
+    raise CheckpointChanging(
+        f"{changing} kept changing while it was read ({READ_TRIES} tries): nothing was uploaded; "
+        "save again once training has written it", path=changing)
+
+
+def _signatures(paths) -> dict[Path, packing.Signature | None]:
+    seen = {}
+    for path in paths:
+        try:
+            seen[path] = packing.file_signature(os.stat(path))
+        except FileNotFoundError:
+            seen[path] = None  # the read will say it is missing
+    return seen
+
+
+def _unchanged_since(expected: dict[Path, packing.Signature | None], started: float) -> None:
+    """Raise FileChanged unless the step's files kept their signatures for SETTLE_SECONDS since `started`.
+
+    A file caught between a truncate and its next write looks unchanged while a small archive is read;
+    not for that long. Called before the upload's last chunk, so waiting costs only small saves.
+    """
+    time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - started)))
+    now = _signatures(expected)
+    for path, signature in expected.items():
+        if now[path] != signature:
+            raise packing.FileChanged(path, "changed while the archive was written")
+
+
+def _wait_until_quiet(paths: set[Path]) -> None:
+    """Return once none of `paths` has changed for SETTLE_SECONDS, or after SETTLE_DEADLINE."""
+    deadline = time.monotonic() + SETTLE_DEADLINE
+    seen, quiet_since = _signatures(paths), time.monotonic()
+    while time.monotonic() - quiet_since < SETTLE_SECONDS and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = _signatures(paths)
+        if now != seen:
+            seen, quiet_since = now, time.monotonic()
+
+
+def _upload_archive(blob, root: Path, members: list[Path], stable: dict[Path, packing.Signature | None],
+                    started: float, comment: bytes, force: bool, settings: TransferSettings, fmt: str) -> int:
+    """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists.
+
+    packing.FileChanged (a file of the step changed while read) is raised before the upload's last
+    chunk is sent, so nothing appears under the name.
+    """
     from google.api_core.exceptions import PreconditionFailed
 
     total = sum(p.stat().st_size for p in members)
-    pipe = transfer.ChunkPipe(settings.chunk_size)
     bar = transfer.progress_bar(total, f"upload {blob.name}", settings)
-    failure: list[BaseException] = []
+    on_bytes = bar.update if bar else None
 
-    def produce() -> None:
-        try:
-            on_bytes = bar.update if bar else None
-            if fmt == "zip":
-                packing.write_zip(pipe.writer, root, members, comment=comment, on_bytes=on_bytes)
-            else:
-                packing.write_targz(pipe.writer, root, members, on_bytes=on_bytes)
-        except transfer.Cancelled:
-            return
-        except BaseException as exc:  # handed to the uploading thread, which re-raises it
-            failure.append(exc)
-            pipe.finish_writing(exc)
-            return
-        pipe.finish_writing()
+    def write(out) -> int:
+        if fmt == "zip":
+            packing.write_zip(out, root, members, comment=comment, strict=stable, on_bytes=on_bytes)
+        else:
+            packing.write_targz(out, root, members, strict=stable, on_bytes=on_bytes)
+        _unchanged_since(stable, started)
+        return out.tell()  # BlobWriter.tell(): every byte written, the archive's size
 
-    writer = threading.Thread(target=produce, name="colab-magics-zip", daemon=True)
-    writer.start()
     try:
         with storage.translated_errors(blob.bucket.name + "/" + blob.name, "upload to"):
             try:
-                blob.upload_from_file(
-                    pipe,
-                    size=None,
-                    content_type=FORMATS[fmt],
-                    checksum="crc32c",
-                    if_generation_match=None if force else 0,
-                    **storage.request_options(settings.retry_deadline),
-                )
+                return transfer.upload_stream(blob, write, content_type=FORMATS[fmt],
+                                              if_generation_match=None if force else 0, settings=settings)
             except PreconditionFailed:
                 raise _PreconditionFailed() from None
-    except BaseException as exc:
-        pipe.cancel()
-        writer.join(timeout=30)
-        if failure and exc is failure[0]:
-            if isinstance(exc, OSError):
-                raise UploadFailed(f"could not read {getattr(exc, 'filename', '') or 'a file'} while archiving: "
-                                   f"{exc.strerror or exc}; nothing was uploaded") from None
-            raise
-        if isinstance(exc, (ColabMagicsError, _PreconditionFailed, KeyboardInterrupt)):
-            raise
-        corrupt, invalid = storage.media_errors()
-        if isinstance(exc, corrupt):  # the library deletes what it could not verify (Blob._do_resumable_upload)
-            raise UploadFailed(f"upload of gs://{blob.bucket.name}/{blob.name} failed its checksum "
-                               "and was deleted: run the save again") from None
-        if isinstance(exc, invalid):
-            raise UploadFailed(f"upload of gs://{blob.bucket.name}/{blob.name} got an unexpected answer "
-                               f"({storage.response_status(exc)}): run the save again") from None
-        raise
+    except OSError as exc:  # reading a member failed (network errors were translated above)
+        raise UploadFailed(f"could not read {getattr(exc, 'filename', '') or 'a file'} while archiving: "
+                           f"{exc.strerror or exc}; nothing was uploaded") from None
     finally:
         if bar is not None:
             bar.close()
-    writer.join(timeout=30)
-    if blob.size is not None and blob.size != pipe.bytes_written:
-        blob.delete(if_generation_match=blob.generation, **storage.request_options(settings.retry_deadline))
-        raise UploadFailed(f"gs://{blob.bucket.name}/{blob.name} arrived incomplete and was deleted: run the save again")
-    return pipe.bytes_written
 
 
 # --- list and prune -----------------------------------------------------------------------------
 def list_archives(location: str | storage.GcsPath, run: str | None = None, *, recursive: bool = False,
                   client=None, deadline: float = storage.RETRY_DEADLINE) -> list[ArchiveInfo]:
-    """Archives directly under `location` (with `recursive`, under its sub-prefixes too), sorted by
-    prefix, run, then step."""
+    """Archives directly under `location` (with `recursive`, under its sub-prefixes too), by prefix,
+    run, then oldest upload first."""
     loc = storage.parse_url(location) if isinstance(location, str) else location
     client = client or _client()
     prefix = f"{loc.path}/" if loc.path else ""
@@ -255,26 +340,38 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, re
             if not match or (run and match.group("run") != run):
                 continue
             found.append(ArchiveInfo(f"gs://{loc.bucket}/{blob.name}", match.group("run"),
-                                     int(match.group("step")), blob.size or 0, blob.updated, blob.name, folder))
-    return sorted(found, key=lambda a: (a.prefix, a.run, a.step, a.name))
+                                     int(match.group("step")), blob.size or 0, blob.updated, blob.name,
+                                     folder, "mtime" if match.group("mtime") else "name", blob.time_created,
+                                     blob.generation))
+    return sorted(found, key=lambda a: (a.prefix, a.run, a.recency))
 
 
 def prune(location: storage.GcsPath, run: str, keep: int, *, client=None,
-          deadline: float = storage.RETRY_DEADLINE) -> tuple[str, ...]:
-    """Delete all but the newest `keep` archives of `run`; return the deleted URLs."""
+          protect: str | None = None, deadline: float = storage.RETRY_DEADLINE) -> tuple[str, ...]:
+    """Delete all but the `keep` most recently uploaded archives of `run`, never `protect` (the URL
+    a save just wrote); return the deleted URLs. An archive replaced or deleted meanwhile is left alone."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
     client = client or _client()
     archives = list_archives(location, run, client=client, deadline=deadline)
-    doomed = archives[:-keep] if keep < len(archives) else []
+    doomed = [a for a in archives[: max(len(archives) - keep, 0)] if a.url != protect]
     bucket = client.bucket(location.bucket)
+    deleted = []
     with storage.translated_errors(location, "delete old archives in"):
         for info in doomed:
-            bucket.blob(info.name).delete(**storage.request_options(deadline))
-    return tuple(info.url for info in doomed)
+            try:
+                bucket.blob(info.name).delete(if_generation_match=info.generation, **storage.request_options(deadline))
+            except (NotFound, PreconditionFailed):
+                continue
+            deleted.append(info.url)
+    return tuple(deleted)
 
 
 # --- load ---------------------------------------------------------------------------------------
-def resolve_archive(source: str, *, client=None, deadline: float = storage.EXISTS_CHECK_DEADLINE) -> ArchiveInfo:
-    """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its latest archive.
+def resolve_archive(source: str, *, step: int | None = None, client=None,
+                    deadline: float = storage.EXISTS_CHECK_DEADLINE) -> ArchiveInfo:
+    """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its most recently uploaded
+    archive, or with `step` its (most recent) archive of that step.
 
     The bucket is checked first (one request), so a missing bucket is named as such.
     """
@@ -283,22 +380,35 @@ def resolve_archive(source: str, *, client=None, deadline: float = storage.EXIST
     name = loc.path.rsplit("/", 1)[-1]
     if not name:
         raise ArchiveNotFound(f"{source} names no run: write gs://BUCKET[/PREFIX]/RUN or an archive URL")
-    storage.require_bucket(client, loc, deadline)
     match = ARCHIVE_NAME.match(name)
+    if match and step is not None:
+        raise ColabMagicsError(f"--step picks an archive of a run: give the run's URL "
+                               f"(gs://{loc.bucket}/{loc.path[: -len(name)]}{match.group('run')}), not an archive's")
+    storage.require_bucket(client, loc, deadline)
     if match:
-        return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path)
+        return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path,
+                           loc.path.rpartition("/")[0], "mtime" if match.group("mtime") else "name")
     parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
     archives = list_archives(parent, name, client=client, deadline=deadline)
     if not archives:
         raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: {hint('gcs_list', parent.url)} shows what is there")
-    return max(archives, key=lambda a: a.step)
+    if step is None:
+        return latest(archives)
+    of_step = [a for a in archives if a.step == step and a.step_from == "name"]
+    if not of_step:
+        steps = sorted({a.step for a in archives if a.step_from == "name"})
+        raise ArchiveNotFound(f"no archive of step {step} of run {name!r} under {parent}: "
+                              f"steps archived: {', '.join(map(str, steps)) or 'none'}")
+    return latest(of_step)
 
 
-def load_run(source: str, target_dir, *, settings: TransferSettings | None = None, client=None) -> Restored:
-    """Restore an archive (or a run's latest) into `target_dir`; a bad archive leaves it untouched."""
+def load_run(source: str, target_dir, *, step: int | None = None, settings: TransferSettings | None = None,
+             client=None) -> Restored:
+    """Restore an archive (or a run's latest, or its `step`) into `target_dir`; a bad archive leaves
+    it untouched. Returns a Restored record whose str() is the checkpoint path."""
     settings = settings or TransferSettings()
     client = client or _client()
-    info = resolve_archive(source, client=client, deadline=settings.retry_deadline)
+    info = resolve_archive(source, step=step, client=client, deadline=settings.retry_deadline)
     loc = storage.parse_url(info.url)
     bucket = client.bucket(loc.bucket)  # resolve_archive checked that it exists
     with storage.translated_errors(loc, "read"):
@@ -313,11 +423,20 @@ def load_run(source: str, target_dir, *, settings: TransferSettings | None = Non
     started = time.monotonic()
     with restore.Restore(target, info.url) as job:  # checks the target and recovers debris first
         with storage.translated_errors(loc, "download", bucket=bucket):
-            count = _extract(blob, job.staging, settings, job.budget(blob.size or 0, settings))
-        checkpoint = _prepare_checkpoint(job.staging, info.step)
+            _extract(blob, job.staging, settings, job.budget(blob.size or 0, settings))
+        checkpoint = _prepare_checkpoint(job.staging, info.step if info.step_from == "name" else None)
+        files = tuple(sorted(p.relative_to(job.staging) for p in job.staging.rglob("*") if p.is_file()))
         job.commit()  # the kept files linked in, then one swap: TARGET_DIR is old or new, never between
+    return _restored(info, target, checkpoint, files, time.monotonic() - started)
+
+
+def _restored(info: ArchiveInfo, target: Path, checkpoint: Path | None, files: tuple[Path, ...],
+              seconds: float) -> Restored:
+    """The record of a restore: paths below `target`, step and epoch as the layout records them."""
     path = target / checkpoint if checkpoint is not None else None
-    return Restored(info.url, target, path, info.step, count, time.monotonic() - started)
+    found = progress.read_progress(path if path is not None else target, target)
+    step = found.step if found.step is not None else (info.step if info.step_from == "name" else None)
+    return Restored(info.url, target, path, step, tuple(target / f for f in files), seconds, found.epoch)
 
 
 @dataclass(frozen=True)
@@ -357,8 +476,7 @@ def resume(run_dir, destination: str, *, settings: TransferSettings | None = Non
     archives = list_archives(location, run, client=client, deadline=settings.retry_deadline)
     if not archives:
         return FreshStart(run, location.url, target)
-    newest = max(archives, key=lambda a: a.step)
-    return load_run(newest.url, target, settings=settings, client=client)
+    return load_run(latest(archives).url, target, settings=settings, client=client)
 
 
 def _extract(blob, staging: Path, settings: TransferSettings, budget: packing.Budget) -> int:

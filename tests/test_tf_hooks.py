@@ -83,6 +83,7 @@ def test_monitored_training_with_gcs_archive_hook_archives_tar_gz_and_resumes(bu
     assert checkpoint_bytes(restored_dir, 60) == expected
     assert checkpoints.event_files(restored_dir)
     assert tf.train.latest_checkpoint(str(restored_dir)) == str(restored_dir / "model.ckpt-60")
+    assert "w" in tf.train.load_checkpoint(restored).get_variable_to_shape_map()  # the record is a path
 
     # training resumes from the archived step in the restored directory, not from zero
     shutil.rmtree(run_dir)

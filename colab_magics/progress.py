@@ -1,0 +1,101 @@
+"""Where training stopped, as a restored checkpoint's own layout records it: its step and epoch.
+
+Read after a restore so a resume is one line (`initial_epoch=ckpt.epoch`). Each number comes from
+the first source that has it:
+
+- Hugging Face Trainer: `trainer_state.json` in the checkpoint directory (`global_step`, `epoch`,
+  epochs completed, fractional mid-epoch);
+- Keras `BackupAndRestore`: `training_metadata.json` beside the weights (`epoch`, epochs completed:
+  what `fit(initial_epoch=...)` takes);
+- names with a key, in the checkpoint's path below the target: Lightning `epoch=E-step=S.ckpt` (its
+  E counts from 0), `epoch-003.keras`, `global_step1000/`, `step_500.pt`;
+- TensorFlow's `checkpoint` state file: the number ending the prefix it names (`model.ckpt-1000`).
+
+Nothing is guessed: a number without a key (`ckpt-3`) is not called an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_EPOCH = re.compile(r"(?:^|[^a-z])epoch[=_-]?(\d+)", re.I)
+_STEP = re.compile(r"(?:^|[^a-z])(?:global_?)?step[=_-]?(\d+)", re.I)
+_STATE_PATH = re.compile(r'^\s*model_checkpoint_path:\s*"(?P<path>.*)"\s*$', re.M)
+_TF_STEP = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int | None = None
+    epoch: int | float | None = None
+
+
+def read_progress(checkpoint: Path, target: Path) -> Progress:
+    """The step and epoch recorded for `checkpoint` (a file, TF prefix or directory below `target`)."""
+    step = epoch = None
+    for found in (_trainer_state(checkpoint), _keras_backup(checkpoint), _from_names(checkpoint, target),
+                  _tf_state(checkpoint)):
+        step = found.step if step is None else step
+        epoch = found.epoch if epoch is None else epoch
+    return Progress(step, epoch)
+
+
+def _home(checkpoint: Path) -> Path:
+    """The directory that holds the checkpoint's metadata files."""
+    return checkpoint if checkpoint.is_dir() else checkpoint.parent
+
+
+def _read(path: Path) -> str | None:
+    """A small text file's content, or None; only regular files are opened (a FIFO would block)."""
+    try:
+        return path.read_text(errors="replace") if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(_read(path) or "null")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _number(value) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+def _trainer_state(checkpoint: Path) -> Progress:
+    state = _json(_home(checkpoint) / "trainer_state.json")
+    step = _number(state.get("global_step"))
+    return Progress(int(step) if step is not None else None, _number(state.get("epoch")))
+
+
+def _keras_backup(checkpoint: Path) -> Progress:
+    return Progress(epoch=_number(_json(_home(checkpoint) / "training_metadata.json").get("epoch")))
+
+
+def _from_names(checkpoint: Path, target: Path) -> Progress:
+    try:
+        parts = checkpoint.relative_to(target).parts
+    except ValueError:
+        parts = (checkpoint.name,)
+    step = epoch = None
+    for part in reversed(parts):  # the innermost name wins
+        if epoch is None and (match := _EPOCH.search(part)):
+            epoch = int(match.group(1))
+        if step is None and (match := _STEP.search(part)):
+            step = int(match.group(1))
+    return Progress(step, epoch)
+
+
+def _tf_state(checkpoint: Path) -> Progress:
+    text = _read(_home(checkpoint) / "checkpoint")
+    named = _STATE_PATH.search(text) if text else None
+    match = _TF_STEP.search(Path(named.group("path")).name) if named else None
+    return Progress(step=int(match.group(1)) if match else None)
