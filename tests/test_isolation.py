@@ -38,7 +38,7 @@ def test_gcloud_auth_and_the_magic_share_colab_magics_emulator_dir(ip, tmp_path,
     assert info.method == "emulator" and info.emulator_host == started_in(root)
     assert (root / "data" / emulator.DEFAULT_BUCKET).is_dir()
 
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    assert "STORAGE_EMULATOR_HOST" not in os.environ  # the endpoint is the session's, not the environment's
     ip.run_line_magic("gcs_auth", "--emulator")  # the same directory: the running emulator is reused
     assert session.current().auth.emulator_host == info.emulator_host and not session.current().auth.emulator_started
 
