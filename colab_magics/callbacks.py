@@ -19,27 +19,15 @@ import logging
 
 from colab_magics.archiver import Archiver, ArchiveSummary
 from colab_magics.errors import ColabMagicsError, MissingDependency, check_argument
+from colab_magics.lazy import lazy_classes, require
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HuggingFaceArchiveCallback", "LightningArchiveCallback"]
 
 
-def __getattr__(name: str):
-    builders = {"HuggingFaceArchiveCallback": _build_hf, "LightningArchiveCallback": _build_lightning}
-    if name not in builders:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    cls = builders[name]()
-    globals()[name] = cls  # built once; later lookups do not come back here
-    return cls
-
-
 def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise MissingDependency("transformers", "hf") from None
-    return transformers
+    return require("transformers", "transformers", "hf")
 
 
 def _lightning_callback_base():
@@ -155,3 +143,8 @@ def _build_lightning():
 
     LightningArchiveCallback.__module__ = __name__
     return LightningArchiveCallback
+
+
+__getattr__ = lazy_classes(__name__, globals(), {
+    "HuggingFaceArchiveCallback": _build_hf, "LightningArchiveCallback": _build_lightning,
+})

@@ -73,23 +73,24 @@ def create_bucket(host: str, name: str) -> None:
 
 
 
+def command(port: int, data_dir: Path | None = None) -> list[str]:
+    """The emulator's argv on 127.0.0.1:`port`: objects under `data_dir`, in memory when None."""
+    argv = [str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+            "-external-url", f"http://127.0.0.1:{port}", "-log-level", "error"]
+    return argv + (["-backend", "filesystem", "-filesystem-root", str(data_dir)] if data_dir is not None
+                   else ["-backend", "memory"])
+
+
 def start(root: Path | None = None, *, port: int | None = None) -> Emulator:
     """Start an emulator (filesystem backend under `root`, in memory when root is None)."""
     port = port or processes.free_port()
     host = f"http://127.0.0.1:{port}"
-    argv = [
-        str(binary_path()),
-        "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-        "-external-url", host, "-log-level", "error",
-    ]
     if root is None:
-        argv += ["-backend", "memory"]
-        log_path = None
+        argv, log_path = command(port), None
     else:
         root = Path(root)
         (root / "data").mkdir(parents=True, exist_ok=True)
-        argv += ["-backend", "filesystem", "-filesystem-root", str(root / "data")]
-        log_path = root / "emulator.log"
+        argv, log_path = command(port, root / "data"), root / "emulator.log"
     tracked = processes.registry.start(argv, name="gcs-emulator", log_path=log_path)
     if not processes.wait_until(lambda: answers(host), timeout=START_TIMEOUT, tracked=tracked):
         tail = tracked.output_tail(5)

@@ -22,7 +22,8 @@ import re
 import time
 
 from colab_magics.archiver import Archiver, ArchiveSummary
-from colab_magics.errors import ColabMagicsError, InvalidArgument, MissingDependency, check_argument
+from colab_magics.errors import ColabMagicsError, InvalidArgument, check_argument
+from colab_magics.lazy import lazy_classes, require
 
 log = logging.getLogger(__name__)
 
@@ -31,30 +32,12 @@ __all__ = ["SaverWithCallback", "GcsArchiveHook", "GcsArchiveCallback"]
 _PREFIX_STEP = re.compile(r"-(\d+)$")
 
 
-def __getattr__(name: str):
-    builders = {"SaverWithCallback": _build_saver, "GcsArchiveHook": _build_hook,
-                "GcsArchiveCallback": _build_keras_callback}
-    if name not in builders:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    cls = builders[name]()
-    globals()[name] = cls  # built once; later lookups do not come back here
-    return cls
-
-
 def _tf():
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise MissingDependency("tensorflow", "tf") from None
-    return tf
+    return require("tensorflow", "tensorflow", "tf")
 
 
 def _keras():
-    try:
-        import keras
-    except ImportError:
-        raise MissingDependency("keras", "tf") from None
-    return keras
+    return require("keras", "keras", "tf")
 
 
 def checkpoint_step(path: str | None) -> int | None:
@@ -199,3 +182,8 @@ def _build_keras_callback():
 
     GcsArchiveCallback.__module__ = __name__
     return GcsArchiveCallback
+
+
+__getattr__ = lazy_classes(__name__, globals(), {
+    "SaverWithCallback": _build_saver, "GcsArchiveHook": _build_hook, "GcsArchiveCallback": _build_keras_callback,
+})

@@ -19,7 +19,6 @@ is left to expire (GCS drops them after a week); nothing appears under the name.
 from __future__ import annotations
 
 import base64
-import logging
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, TypeVar
 
@@ -27,7 +26,6 @@ from colab_magics import storage
 from colab_magics.errors import UploadFailed
 from colab_magics.storage import DEFAULT_CHUNK_SIZE, RETRY_DEADLINE, MiB
 
-log = logging.getLogger(__name__)
 PROGRESS_MIN_BYTES = 64 * MiB
 T = TypeVar("T")
 
@@ -74,15 +72,16 @@ def upload_stream(blob, write: Callable[[BinaryIO], T], *, content_type: str,
 
 
 def _abandon(writer) -> None:
-    """Close `writer` without finalizing: `terminate()`, not `close()`."""
-    import requests
-    from google.auth.exceptions import TransportError
+    """Close `writer` without finalizing: never `close()`, which would send the last chunk.
 
-    try:
-        writer.terminate()
-    except (requests.RequestException, TransportError) as exc:  # the endpoint may be what failed
-        log.debug("could not cancel the upload session of %s: %s", writer, exc)
-        writer._buffer.close()  # noqa: SLF001  what terminate() does after its request: no close() later
+    The library's own `terminate()` is not used: it sends a DELETE with no timeout, so an endpoint
+    that stopped answering (the very failure that brought us here) would hang the save past its
+    deadline, and in google-cloud-storage 3.17 that DELETE goes to the session-start URL, not the
+    session, so it cancels nothing. Closing the buffer is the part that matters: the writer then
+    counts as closed and no later `close()` (the garbage collector's included) can finalize a torn
+    archive. The unfinished session expires on the server (GCS drops them after a week).
+    """
+    writer._buffer.close()  # noqa: SLF001  what terminate() does after its request
 
 
 def _delete_generation(blob, response) -> None:

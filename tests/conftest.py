@@ -56,14 +56,11 @@ SESSION_PIDS: set[int] = set()  # processes of session-scoped fixtures, which ou
 
 
 def start_fake_gcs(tmp_root: Path | None = None) -> tuple[subprocess.Popen, str]:
-    from colab_magics.emulator import binary_path
+    from colab_magics import emulator
 
     port = free_port()
     host = f"http://127.0.0.1:{port}"
-    argv = [str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-            "-external-url", host, "-log-level", "error"]
-    argv += ["-backend", "filesystem", "-filesystem-root", str(tmp_root)] if tmp_root else ["-backend", "memory"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(emulator.command(port, tmp_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     SESSION_PIDS.add(proc.pid)
     poll(lambda: _answers(f"{host}/storage/v1/b"), 20, message="fake-gcs-server")
     return proc, host
@@ -119,6 +116,7 @@ def ip(shell):
     shell.run_line_magic("load_ext", "colab_magics")
     yield shell
     shell.run_line_magic("unload_ext", "colab_magics")
+    shell.config.pop("ColabMagics", None)  # %config values a test set stay with that test
 
 
 def run_cell(shell, code: str):
