@@ -10,18 +10,22 @@ function turns the real modules' exceptions (googlecolab/colabtools `google/cola
 from __future__ import annotations
 
 import logging
+import json
 import os
 import sys
 
-from colab_magics.errors import AuthError
+from colab_magics.errors import AuthError, hint
 
 log = logging.getLogger(__name__)
 
-KAGGLE_ADDON_HELP = (
-    "Kaggle's Google Cloud Services integration is not attached to this notebook: open "
-    "Add-ons → Google Cloud Services, link your account with Cloud Storage selected, then run "
-    "%gcs_auth again (or use  %gcs_auth PROJECT --key-file KEY.json)"
-)
+
+
+def _kaggle_addon_help() -> str:
+    return ("Kaggle's Google Cloud Services integration is not attached to this notebook: open "
+            "Add-ons → Google Cloud Services, link your account with Cloud Storage selected, then run "
+            f"{hint('gcs_auth')} again (or use  {hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')})")
+
+
 PROXY_TIMEOUT = 10.0  # seconds to wait for the Colab frontend to answer eval_js
 
 
@@ -48,17 +52,42 @@ def colab_authenticate_user(project: str | None = None) -> None:
     """
     from google.colab import auth, errors  # type: ignore[import-not-found]
 
+    if not _colab_user_credentials() and not colab_frontend_answers():
+        # authenticate_user asks the frontend with no timeout: without one it would wait forever
+        raise AuthError(f"no Colab frontend answered within {PROXY_TIMEOUT:.0f} s, so Colab cannot show its "
+                        f"sign-in (a runtime driven from VS Code or a script?): use "
+                        f"{hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}, or gcloud auth application-default login")
     try:
         if project:
             auth.authenticate_user(project_id=project)
         else:
             auth.authenticate_user()
     except errors.AuthorizationError as exc:
-        raise AuthError(f"Colab sign-in failed ({exc}): run %gcs_auth again and allow access, or use "
-                        f"%gcs_auth PROJECT --key-file KEY.json") from None
+        raise AuthError(f"Colab sign-in failed ({exc}): run {hint('gcs_auth')} again and allow access, or use "
+                        f"{hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}") from None
     except NotImplementedError:
         raise AuthError("Colab's sign-in is not available on this runtime (a managed runtime): use "
-                        "%gcs_auth PROJECT --key-file KEY.json with a service-account key") from None
+                        f"{hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')} with a service-account key") from None
+
+
+def _colab_user_credentials() -> bool:
+    """Colab's sign-in already left the user's credentials (then it returns without asking anyone)."""
+    try:
+        with open(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or colab_adc_path()) as fh:
+            return json.load(fh).get("type") == "authorized_user"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def colab_frontend_answers(timeout: float = PROXY_TIMEOUT) -> bool:
+    """True when a Colab frontend (the browser tab) answers a trivial eval_js within `timeout`."""
+    from google.colab import errors  # type: ignore[import-not-found]
+    from google.colab.output import eval_js  # type: ignore[import-not-found]
+
+    try:
+        return eval_js("1", timeout_sec=timeout) is not None
+    except errors.Error:  # the frontend answered, with an error: it is there
+        return True
 
 
 def colab_serve_port(port: int, path: str = "/", height: int = 800) -> None:
@@ -98,7 +127,7 @@ def kaggle_gcs_credentials():
     from kaggle_secrets import GcpTarget  # type: ignore[import-not-found]
 
     if not get_integrations().has_gcs():
-        raise AuthError(KAGGLE_ADDON_HELP)
+        raise AuthError(_kaggle_addon_help())
     credentials = KaggleKernelCredentials(target=GcpTarget.GCS)
     try:
         credentials.refresh(Request())
@@ -106,7 +135,7 @@ def kaggle_gcs_credentials():
         cause = exc.__cause__
         if isinstance(cause, ConnectionError):
             raise AuthError("Kaggle's Google Cloud integration needs the internet: turn on Internet in "
-                            "the notebook's settings, then run %gcs_auth again") from None
+                            f"the notebook's settings, then run {hint('gcs_auth')} again") from None
         raise AuthError(f"Kaggle's Google Cloud integration gave no token ({cause or exc}): re-link "
                         f"your account under Add-ons → Google Cloud Services") from None
     return credentials

@@ -36,6 +36,14 @@ def standins_path(monkeypatch):
     _forget_standins()
 
 
+def _evaluate_in_the_browser(request):
+    """What the Colab tab answers to eval_js: a proxy URL for proxyPort(P), else the literal's value."""
+    script = request["script"]
+    if script.startswith("google.colab.kernel.proxyPort("):
+        return "https://standin-{}.colab.example/".format(script.split("(")[1].split(")")[0])
+    return json.loads(script)
+
+
 @pytest.fixture()
 def colab(standins_path, monkeypatch, tmp_path):
     """A Colab runtime whose frontend answers: proxyPort, secrets, sign-in (all adjustable)."""
@@ -55,8 +63,7 @@ def colab(standins_path, monkeypatch, tmp_path):
                 "payload": found[0] if found else ""}
 
     _message.frontend = {
-        "cell_javascript_eval": lambda request: "https://standin-{}.colab.example/".format(
-            request["script"].split("(")[1].split(")")[0]),
+        "cell_javascript_eval": _evaluate_in_the_browser,
         "GetSecret": get_secret,
         "request_auth": lambda request: True,
     }

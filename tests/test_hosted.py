@@ -340,6 +340,20 @@ def test_colab_tensorboard_is_shown_inline_with_the_proxy_link(colab, ip, tmp_pa
     tensorboard.stop_served()
 
 
+def test_colab_sign_in_without_a_frontend_is_one_line_not_a_hang(colab, ip):
+    from google.colab import _message, auth as colab_auth
+
+    _message.frontend = None  # a Colab runtime driven from VS Code: nobody can show the sign-in
+    colab_auth.calls.clear()
+
+    with pytest.raises(UsageError, match="no Colab frontend answered") as caught:
+        ip.run_line_magic("gcs_auth", "my-project")
+
+    assert "\n" not in str(caught.value) and "--key-file" in str(caught.value)
+    assert colab_auth.calls == []  # its unbounded request was never sent
+    assert all(timeout is not None for _, _, timeout in _message.requests)
+
+
 def test_colab_without_a_frontend_says_so_and_names_a_public_provider(colab, ip, tmp_path, capsys):
     from google.colab import _message
 
