@@ -60,6 +60,7 @@ _DIR_LAYOUTS = {"checkpoint-": "huggingface", "checkpoint_": "accelerate", "glob
 # TensorFlow's `{prefix}_temp/` (sharded save), `*.tempstate{n}` (bundle writer), `*.tmp{uuid}` (atomic write)
 _UNFINISHED_DIR = re.compile(r"\.orbax-checkpoint-tmp|^tmp-checkpoint-\d+$|(?:ckpt|-\d+)_temp$")
 _UNFINISHED_FILE = re.compile(r"\.tempstate\d+$|\.tmp[0-9a-f]{32}$")
+_LIGHTNING_LAST = re.compile(r"^last(?:-v\d+)?\.ckpt$")
 _STATE_LINE = re.compile(r'^\s*model_checkpoint_path:\s*"(?P<path>.*)"\s*$', re.M)
 _SMALL = 64 * 1024  # state files read to find a framework's latest are at most this big
 
@@ -412,6 +413,9 @@ class _Scan:
         numbered = self._numbered()
         if step is not None:
             matching = [u for u in numbered if u.step == step]
+            last = None if matching else self._lightning_last(after=None, step=step)
+            if last is not None:
+                return last
             if not matching:
                 found = sorted({u.step for u in numbered})
                 raise NoCheckpointFound(f"no checkpoint of step {step} in {self.root}: steps found: "
@@ -420,9 +424,13 @@ class _Scan:
         named = [u for u in numbered if self.designated.get(u.series) == u.step]
         if named:
             return _checkpoint(_newest(named), "name")
+        best = None
         if numbered:
             top = max(u.step for u in numbered)
-            return _checkpoint(_newest([u for u in numbered if u.step == top]), "name")
+            best = _checkpoint(_newest([u for u in numbered if u.step == top]), "name")
+        last = self._lightning_last(after=best)
+        if last is not None or best is not None:
+            return last or best
         candidates = [u for u in self.unnumbered if u.files]
         if not candidates:
             raise NoCheckpointFound(
@@ -430,6 +438,27 @@ class _Scan:
                 "Hugging Face, accelerate, DeepSpeed or Orbax checkpoint files (or pass --step for a numbered one)")
         best = _newest(candidates)
         return _checkpoint(best, "mtime", step=int(best.mtime()))
+
+    def _lightning_last(self, after: Checkpoint | None, step: int | None = None) -> Checkpoint | None:
+        """Lightning's `last.ckpt` when the step it records is past `after`'s (or is `step`): it wins.
+
+        Its name has no step, but the file records one (`global_step`, read without torch by
+        `torchfile`, cached per file version): a run whose numbered file is its *best* epoch goes on
+        in `last.ckpt` (Lightning 1.x's `save_last`, or `trainer.save_checkpoint("last.ckpt")`).
+        """
+        from colab_magics.torchfile import recorded_progress
+
+        found = None
+        for unit in self.unnumbered:
+            if unit.layout != "lightning" or not _LIGHTNING_LAST.match(os.path.basename(unit.path)) or not unit.files:
+                continue
+            recorded, _ = recorded_progress(unit.path)
+            if recorded is None or (step is not None and recorded != step) or \
+                    (after is not None and recorded <= after.step):
+                continue
+            if found is None or recorded > found.step:
+                found = _checkpoint(unit, "name" if step is None else "flag", step=recorded)
+        return found
 
     def _kept_steps(self, step: int | None) -> dict[tuple[str, str], int | None]:
         """The step of each series that goes in: `step`'s (or the newest below it), else the one its

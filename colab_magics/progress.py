@@ -37,7 +37,7 @@ def read_progress(checkpoint: Path, target: Path) -> Progress:
     """The step and epoch recorded for `checkpoint` (a file, TF prefix or directory below `target`)."""
     step = epoch = None
     for found in (_trainer_state(checkpoint), _keras_backup(checkpoint), _from_names(checkpoint, target),
-                  _tf_state(checkpoint)):
+                  _tf_state(checkpoint), _lightning_record(checkpoint)):
         step = found.step if step is None else step
         epoch = found.epoch if epoch is None else epoch
     return Progress(step, epoch)
@@ -92,6 +92,15 @@ def _from_names(checkpoint: Path, target: Path) -> Progress:
         if step is None and (match := _STEP.search(part)):
             step = int(match.group(1))
     return Progress(step, epoch)
+
+
+def _lightning_record(checkpoint: Path) -> Progress:
+    """What a Lightning `.ckpt` records inside (`last.ckpt` has no step in its name)."""
+    if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
+        return Progress()
+    from colab_magics.torchfile import recorded_progress
+
+    return Progress(*recorded_progress(checkpoint))
 
 
 def _tf_state(checkpoint: Path) -> Progress:

@@ -323,6 +323,55 @@ def test_lightning_model_checkpoint_with_save_last(bucket, tmp_path):
         assert _same_tensors(model.state_dict(), loaded.state_dict())
 
 
+def test_lightning_last_ckpt_wins_over_an_older_best_checkpoint(bucket, tmp_path):
+    """The numbered file is the best epoch (0 here) while `last.ckpt` is newer: Lightning 1.x's
+    `save_last=True` rewrote it every epoch, and `trainer.save_checkpoint("last.ckpt")` does so in any
+    version (2.x rewrites it only beside a new numbered file). The archive is the step last.ckpt
+    records inside, and a resume from it continues there."""
+    torch = pytest.importorskip("torch")
+    lightning = pytest.importorskip("lightning")
+
+    class Tiny(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            self.log("score", -float(self.current_epoch))  # best (max) at epoch 0, then never again
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def trainer(run_dir, epochs):
+        best = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="score",
+                                                           mode="max", save_top_k=1, save_last=True)
+        return lightning.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                                 enable_model_summary=False, callbacks=[best], default_root_dir=str(run_dir))
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randn(8, 2)),
+                                       batch_size=4)
+    run_dir = tmp_path / "lit"
+    model = Tiny()
+    training = trainer(run_dir, 3)
+    training.fit(model, data)
+    training.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # step 6, where training stopped
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"epoch=0-step=2.ckpt", "last.ckpt"}
+
+    saved, restored, names = save_and_restore(run_dir, bucket, tmp_path / "restored")
+
+    assert saved.step == 6 and saved.url.endswith("/lit.6.zip")  # not 2, the best epoch's step
+    assert names == ["checkpoints/epoch=0-step=2.ckpt", "checkpoints/last.ckpt"]
+    assert restored.checkpoint == tmp_path / "restored" / "checkpoints" / "last.ckpt"
+    assert (restored.step, restored.epoch) == (6, 3)  # as Lightning records it once fit() is done
+    assert _same_tensors(model.state_dict(), Tiny.load_from_checkpoint(restored.checkpoint).state_dict())
+    resumed = trainer(tmp_path / "restored", 4)
+    resumed.fit(Tiny(), data, ckpt_path=str(restored))
+    assert resumed.global_step == 8  # went on from step 6: one more epoch of two batches
+
+
 def test_deepspeed_layout_archives_the_tag_latest_names(bucket, tmp_path):
     """DeepSpeed needs a GPU, so its layout is built here from its documented names
     (deepspeed/runtime/engine.py: save_checkpoint writes `global_step{N}/mp_rank_00_model_states.pt`
