@@ -208,15 +208,7 @@ def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | 
 
 
 def _run_supervised(args: list[str], *, emulator: bool, project: str | None) -> int:
-    import importlib
-
-    try:
-        supervise = importlib.import_module("colab_magics.supervise")
-    except ModuleNotFoundError as exc:
-        if exc.name != "colab_magics.supervise":
-            raise
-        return _misuse(None, "the run command is not part of this installation of colab-magics")
-    from colab_magics import auth, session
+    from colab_magics import auth, session, supervise
     from colab_magics.errors import ColabMagicsError
 
     if emulator or project:
