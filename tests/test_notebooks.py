@@ -31,7 +31,10 @@ TF_CPP_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog|oneDNN
 def test_notebook_runs_headless_without_errors(notebook, tmp_path):
     pytest.importorskip("tensorflow")
     home = tmp_path / "home"  # run.py must isolate the run itself: no cache or emulator settings given
-    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "COLAB_MAGICS_EMULATOR_DIR")}
+    # PYTEST_CURRENT_TEST would reach the kernel, and ipykernel then stops forwarding what C++ code
+    # writes to fd 2 (iostream.OutStream): the TF start-up lines would be hidden from this test only.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XDG_CACHE_HOME", "COLAB_MAGICS_EMULATOR_DIR", "PYTEST_CURRENT_TEST")}
     env["HOME"] = str(home)
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, str(ROOT / "notebooks" / "run.py"), notebook.stem, "--out", str(out)],
