@@ -285,9 +285,8 @@ def test_accelerate_save_state_archives_the_last_checkpoint_dir(bucket, tmp_path
     assert all(torch.equal(a, b) for a, b in zip(momentum, momentum2)) and momentum
 
 
-def test_lightning_model_checkpoint_with_save_last(bucket, tmp_path):
-    torch = pytest.importorskip("torch")
-    lightning = pytest.importorskip("lightning")
+def tiny_lightning_module(torch, lightning):
+    """A two-parameter-tensor LightningModule; it logs `score`, best (max) at epoch 0 and never again."""
 
     class Tiny(lightning.LightningModule):
         def __init__(self):
@@ -296,11 +295,20 @@ def test_lightning_model_checkpoint_with_save_last(bucket, tmp_path):
 
         def training_step(self, batch, _):
             x, y = batch
+            self.log("score", -float(self.current_epoch))
             return torch.nn.functional.mse_loss(self.layer(x), y)
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    return Tiny
+
+
+def test_lightning_model_checkpoint_with_save_last(bucket, tmp_path):
+    torch = pytest.importorskip("torch")
+    lightning = pytest.importorskip("lightning")
+
+    Tiny = tiny_lightning_module(torch, lightning)
     torch.manual_seed(0)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randn(8, 2)),
                                        batch_size=4)
@@ -331,19 +339,7 @@ def test_lightning_last_ckpt_wins_over_an_older_best_checkpoint(bucket, tmp_path
     torch = pytest.importorskip("torch")
     lightning = pytest.importorskip("lightning")
 
-    class Tiny(lightning.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(4, 2)
-
-        def training_step(self, batch, _):
-            x, y = batch
-            self.log("score", -float(self.current_epoch))  # best (max) at epoch 0, then never again
-            return torch.nn.functional.mse_loss(self.layer(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
+    Tiny = tiny_lightning_module(torch, lightning)
     def trainer(run_dir, epochs):
         best = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="score",
                                                            mode="max", save_top_k=1, save_last=True)
