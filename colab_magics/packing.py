@@ -478,7 +478,7 @@ class ZipStreamExtractor(io.RawIOBase):
         self._crc = 0
         self._size = 0  # bytes of the current member written so far
         self._inflater = None
-        self.members_written = 0
+        self._extracted: set[Path] = set()  # files written, relative to `dest`
 
     def writable(self) -> bool:
         return True
@@ -579,7 +579,7 @@ class ZipStreamExtractor(io.RawIOBase):
                     f"member {entry.info.filename!r} fails its CRC check: the archive is corrupt"
                 )
             self._set_mtime(entry)
-        self.members_written += 1
+            self._extracted.add(Path(*entry.path.parts))
         self._i += 1
 
     def _set_mtime(self, entry: _Entry) -> None:
@@ -589,8 +589,8 @@ class ZipStreamExtractor(io.RawIOBase):
         except (OverflowError, ValueError, OSError):
             pass
 
-    def finish(self) -> int:
-        """Check that every member arrived whole; return how many were extracted."""
+    def finish(self) -> tuple[Path, ...]:
+        """Check that every member arrived whole; return the files extracted, relative to `dest`."""
         if self._out is not None:
             self._out.close()
             self._out = None
@@ -598,7 +598,7 @@ class ZipStreamExtractor(io.RawIOBase):
             raise CorruptArchive(
                 f"archive ended inside member {self._entries[self._i].info.filename!r}: it is truncated"
             )
-        return self.members_written
+        return tuple(sorted(self._extracted))
 
     def abort(self) -> None:
         if self._out is not None:
@@ -629,33 +629,35 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)
 
 
-def extract_tar_stream(stream: BinaryIO, dest: Path, budget: Budget | None = None) -> int:
-    """Extract a tar.gz read sequentially from `stream` into `dest`; refuse anything unsafe.
+def extract_tar_stream(stream: BinaryIO, dest: Path, budget: Budget | None = None) -> tuple[Path, ...]:
+    """Extract a tar.gz read sequentially from `stream` into `dest`; refuse anything unsafe. Returns
+    the files extracted, relative to `dest`.
 
     Members are written here block by block (not by tarfile.extract), so `budget` is enforced while
     writing: each member's declared size before it starts, the bytes themselves as they come.
     """
     budget = budget or Budget()
-    count = files = 0
+    extracted: set[Path] = set()
     buffer = bytearray(COPY_BLOCK)
     try:
         with tarfile.open(fileobj=stream, mode="r|gz", tarinfo=_BoundedTarInfo) as tar:
             while (member := tar.next()) is not None:
                 tar.members.clear()  # stream mode would keep every header: memory would grow with the count
-                _extract_tar_member(tar, member, dest, budget, buffer)
-                count += 1
-                files += member.isfile()
+                written = _extract_tar_member(tar, member, dest, budget, buffer)
+                if written is not None:
+                    extracted.add(written)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise UnsafeArchive(f"{exc}: refusing to extract") from None
         raise CorruptArchive(f"not a valid tar.gz archive ({exc}): it may be truncated") from None
-    if not files:
+    if not extracted:
         raise EmptyArchive(f"{budget.source} holds no files: there is nothing to restore")
-    return count
+    return tuple(sorted(extracted))
 
 
 def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, budget: Budget,
-                        buffer: bytearray) -> None:
+                        buffer: bytearray) -> Path | None:
+    """Write one member below `dest`; return the file's path relative to `dest` (None: a directory)."""
     path = safe_member_path(member.name)
     if member.issym() or member.islnk():
         raise UnsafeArchive(f"archive member {member.name!r} is a link: refusing to extract")
@@ -666,7 +668,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Pat
         if target.exists() and not target.is_dir():
             raise CorruptArchive(f"archive member {member.name!r} is both a file and a directory: the archive is corrupt")
         target.mkdir(parents=True, exist_ok=True)
-        return
+        return None
     budget.check(budget.written + member.size)  # its declared size, before any of it is written
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_dir():
@@ -685,3 +687,4 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Pat
         os.utime(target, (member.mtime, member.mtime))
     except (OverflowError, ValueError, OSError):
         pass
+    return Path(*path.parts)

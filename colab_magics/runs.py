@@ -387,8 +387,8 @@ def resolve_archive(source: str, *, step: int | None = None, client=None,
     storage.require_bucket(client, loc, deadline)
     if match:
         return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path,
-                           loc.path.rpartition("/")[0], "mtime" if match.group("mtime") else "name")
-    parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
+                           loc.parent.path, "mtime" if match.group("mtime") else "name")
+    parent = loc.parent
     archives = list_archives(parent, name, client=client, deadline=deadline)
     if not archives:
         raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: {hint('gcs_list', parent.url)} shows what is there")
@@ -409,23 +409,25 @@ def load_run(source: str, target_dir, *, step: int | None = None, settings: Tran
     settings = settings or TransferSettings()
     client = client or _client()
     info = resolve_archive(source, step=step, client=client, deadline=settings.retry_deadline)
+    return _restore(info, Path(target_dir).expanduser(), settings, client)
+
+
+def _restore(info: ArchiveInfo, target: Path, settings: TransferSettings, client) -> Restored:
+    """Download and extract `info` (its bucket checked already) into `target`, all or nothing."""
     loc = storage.parse_url(info.url)
-    bucket = client.bucket(loc.bucket)  # resolve_archive checked that it exists
+    bucket = client.bucket(loc.bucket)
     with storage.translated_errors(loc, "read"):
         # No chunk_size on the blob: download_to_file then streams one GET straight into the
         # extractor (resumed by range on retry) instead of assembling each 100 MiB chunk in memory
         # (b"".join: 2 chunks), which made a load peak at 6x the RSS of a raw download.
         blob = bucket.get_blob(info.name, **storage.request_options(settings.retry_deadline))
     if blob is None:
-        parent = storage.GcsPath(loc.bucket, loc.path.rpartition("/")[0])
-        raise ArchiveNotFound(f"{info.url} does not exist: {hint('gcs_list', parent.url)} shows what is there")
-    target = Path(target_dir).expanduser()
+        raise ArchiveNotFound(f"{info.url} does not exist: {hint('gcs_list', loc.parent.url)} shows what is there")
     started = time.monotonic()
     with restore.Restore(target, info.url) as job:  # checks the target and recovers debris first
         with storage.translated_errors(loc, "download", bucket=bucket):
-            _extract(blob, job.staging, settings, job.budget(blob.size or 0, settings))
+            files = _extract(blob, job.staging, settings, job.budget(blob.size or 0, settings))
         checkpoint = _prepare_checkpoint(job.staging, info.step if info.step_from == "name" else None)
-        files = tuple(sorted(p.relative_to(job.staging) for p in job.staging.rglob("*") if p.is_file()))
         job.commit()  # the kept files linked in, then one swap: TARGET_DIR is old or new, never between
     return _restored(info, target, checkpoint, files, time.monotonic() - started)
 
@@ -476,10 +478,11 @@ def resume(run_dir, destination: str, *, settings: TransferSettings | None = Non
     archives = list_archives(location, run, client=client, deadline=settings.retry_deadline)
     if not archives:
         return FreshStart(run, location.url, target)
-    return load_run(latest(archives).url, target, settings=settings, client=client)
+    return _restore(latest(archives), target, settings, client)
 
 
-def _extract(blob, staging: Path, settings: TransferSettings, budget: packing.Budget) -> int:
+def _extract(blob, staging: Path, settings: TransferSettings, budget: packing.Budget) -> tuple[Path, ...]:
+    """Stream `blob` into `staging`, checked (member CRCs, the object's crc32c); return its files, relative."""
     options = storage.request_options(settings.retry_deadline)
     bar = transfer.progress_bar(blob.size or 0, f"download {blob.name}", settings)
     try:
@@ -493,21 +496,21 @@ def _extract(blob, staging: Path, settings: TransferSettings, budget: packing.Bu
                 tee.flush()
             finally:
                 sink.abort()
-            count = sink.finish()
+            files = sink.finish()
         else:
             with blob.open("rb", chunk_size=settings.chunk_size, **options) as reader:
                 tee = transfer.Crc32cTee(reader, bar)
-                count = packing.extract_tar_stream(tee, staging, budget)
+                files = packing.extract_tar_stream(tee, staging, budget)
                 tee.drain()
     finally:
         if bar is not None:
             bar.close()
     if blob.crc32c and tee.crc32c() != blob.crc32c:
         raise DownloadFailed(f"gs://{blob.bucket.name}/{blob.name} failed its crc32c check while downloading: try again")
-    return count
+    return files
 
 
-def _prepare_checkpoint(staging: Path, step: int) -> Path | None:
+def _prepare_checkpoint(staging: Path, step: int | None) -> Path | None:
     """The restored checkpoint's path relative to the target; a TF state file names it, relatively."""
     try:
         ckpt = checkpoints.find_checkpoint(staging, step)

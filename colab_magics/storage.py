@@ -42,6 +42,11 @@ class GcsPath:
     def child(self, name: str) -> "GcsPath":
         return GcsPath(self.bucket, f"{self.path}/{name}" if self.path else name)
 
+    @property
+    def parent(self) -> "GcsPath":
+        """The prefix holding this object (the bucket itself at the top)."""
+        return GcsPath(self.bucket, self.path.rpartition("/")[0])
+
     def __str__(self) -> str:
         return self.url
 
@@ -95,7 +100,8 @@ def translated_errors(target: GcsPath | str, action: str, *, bucket=None):
     except gexc.NotFound as exc:
         if _object_missing(target, exc, bucket):
             raise ArchiveNotFound(
-                f"{target} no longer exists (deleted meanwhile?): %gcs_list gs://{target.bucket} shows what is there"
+                f"{target} no longer exists (deleted meanwhile?): {hint('gcs_list', target.parent.url)} "
+                "shows what is there"
             ) from None
         raise BucketNotFound(_not_found_message(target, exc)) from None
     except (gexc.Forbidden, gexc.Unauthorized) as exc:
