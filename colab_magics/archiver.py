@@ -334,46 +334,36 @@ def start_background(run_dir: str | os.PathLike, destination: str, every: float 
 
     One per run directory: a second one for the same directory is refused (AlreadyArchiving).
     """
-    from colab_magics import session
-    from colab_magics.errors import AlreadyArchiving
+    from colab_magics.errors import AlreadyArchiving, hint
 
-    current = session.current()
+    archivers = _session().archivers
     key = Path(run_dir).expanduser().absolute()
-    existing = current.archivers.get(key)
+    existing = archivers.get(key)
     if existing is not None and existing.active:
         raise AlreadyArchiving(f"{key} is already archived in the background to {existing.location.url}: "
-                               f"%gcs_archive --stop {key} first")
+                               f"{hint('gcs_archive', '--stop', str(key))} first")
     worker = Archiver(key, destination, every, **options).start()
-    if not worker.active:  # not the chief: nothing to keep
-        return worker
-    if not current.archivers:
-        current.on_shutdown(_stop_all_background)
-    current.archivers[key] = worker
+    if worker.active:  # not the chief: nothing to keep; else the shutdown's flush gives it its final archive
+        archivers[key] = worker
     return worker
 
 
 def background() -> list[Archiver]:
     """The session's background archivers (started by `start_background`), oldest first."""
-    from colab_magics import session
-
-    return list(session.current().archivers.values())
+    return list(_session().archivers.values())
 
 
 def stop_background(run_dir: str | os.PathLike | None = None, timeout: float = FINAL_TIMEOUT) -> list[ArchiveSummary]:
     """Stop the background archiver of `run_dir` (every one when None) after a final archive each."""
-    from colab_magics import session
-    from colab_magics.errors import ColabMagicsError
+    from colab_magics.errors import ColabMagicsError, hint
 
-    archivers = session.current().archivers
+    archivers = _session().archivers
     keys = list(archivers) if run_dir is None else [Path(run_dir).expanduser().absolute()]
     if run_dir is not None and keys[0] not in archivers:
-        raise ColabMagicsError(f"{keys[0]} is not archived in the background: %gcs_archive --status shows what is")
+        raise ColabMagicsError(f"{keys[0]} is not archived in the background: {hint('gcs_archive', '--status')} "
+                               "shows what is")
     deadline = time.monotonic() + timeout  # one deadline for all of them, as the last-chance flush
     return [archivers.pop(key).stop(final=True, timeout=max(deadline - time.monotonic(), 0.0)) for key in keys]
-
-
-def _stop_all_background() -> None:
-    stop_background(timeout=LAST_CHANCE_TIMEOUT)
 
 
 # --- last-chance flush: the session's shutdown (atexit, SIGTERM, SIGHUP) while an archiver runs --
@@ -381,7 +371,7 @@ def flush(session, reason: str) -> None:
     """Final archive of every active archiver of `session`, all within one `last_chance_timeout`.
 
     The first step of `Session.shutdown()`: interpreter exit, SIGTERM and SIGHUP archive the
-    newest step before anything else is ended.
+    newest step before anything else is ended. The line form's archivers are among them.
     """
     archivers = session.active_archivers.values()
     if not archivers:
@@ -390,6 +380,7 @@ def flush(session, reason: str) -> None:
     for archiver in archivers:
         log.warning("%s: archiving the newest step of %s before exiting", reason, archiver.run_dir)
         archiver.stop(final=True, timeout=max(deadline - time.monotonic(), 0.0))
+    session.archivers.clear()
 
 
 def _session():

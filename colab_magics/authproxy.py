@@ -72,10 +72,7 @@ class AuthProxy:
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                                         name=f"colab-magics-authproxy:{self.port}", daemon=True)
         self._thread.start()
-        current = session.current()
-        if not current.auth_proxies:
-            current.on_shutdown(stop_all)
-        current.auth_proxies.append(self)
+        session.current().auth_proxies.append(self)  # ended by Session.shutdown (after the tunnels)
         return self
 
     def stop(self) -> None:
@@ -101,7 +98,7 @@ class AuthProxy:
 
 
 def stop_all() -> None:
-    """Stop every proxy of the session (its shutdown hook)."""
+    """Stop every proxy of the session (a step of its shutdown, once the tunnels are closed)."""
     from colab_magics import session
 
     for proxy in list(session.current().auth_proxies):

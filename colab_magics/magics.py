@@ -96,11 +96,16 @@ class ColabMagics(Magics):
 
     @default("restore_max_ratio")
     def _restore_max_ratio_default(self):
-        return _env("restore_max_ratio", 200.0, float)
+        from colab_magics.transfer import TransferSettings
+
+        return _env("restore_max_ratio", TransferSettings.restore_max_ratio, float)
 
     @default("restore_free_margin_mb")
     def _restore_free_margin_default(self):
-        return _env("restore_free_margin_mb", 256, int)
+        from colab_magics.storage import MiB
+        from colab_magics.transfer import TransferSettings
+
+        return _env("restore_free_margin_mb", TransferSettings.restore_free_margin // MiB, int)
 
     def transfer_settings(self):
         from colab_magics.transfer import TransferSettings
@@ -576,10 +581,9 @@ def _describe_save(result) -> str:
     from colab_magics.display import human_size
     from colab_magics.runs import Skipped
 
-    step = _step_text(result)
     if isinstance(result, Skipped):
         return f"Skipped {result.url}: {result.reason}"
-    text = (f"Saved step {step} of {result.run} to {result.url} "
+    text = (f"Saved step {_step_text(result)} of {result.run} to {result.url} "
             f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s)")
     if result.left_out_older:
         text += f"; {result.left_out_older} file(s) of older steps left out"

@@ -4,8 +4,8 @@
 processes, TensorBoards, tunnels, ngrok agents, mounts, running archivers, the emulator we started.
 Services reach them through `session.current()`; no module keeps state of its own.
 
-`Session.shutdown()` ends everything in one order (archivers' final flush → tunnels → TensorBoards →
-mounts → remaining processes → emulator). It is the only cleanup path, reached from `%unload_ext`,
+`Session.shutdown()` ends everything in one order (archivers' final flush → tunnels → password
+proxies → TensorBoards → mounts → remaining processes → emulator). It is the only cleanup path, reached from `%unload_ext`,
 one atexit hook, and SIGTERM/SIGHUP handlers installed when the first child, mount or archiver
 starts and removed when nothing is left (they run the shutdown, then hand the signal to the handler
 that was there before, or die of it as the default action would). Children also get PR_SET_PDEATHSIG (see `processes`), so even a
@@ -73,7 +73,6 @@ class Session:
 
     auth: object | None = None  # colab_magics.auth.AuthInfo
     interface: str = "magic"  # "cli" inside colab-magics: messages then name CLI commands (errors.hint)
-    emulator_host: str | None = None  # the emulator's URL when the credentials are the emulator's
     _client: object | None = None
     #: every child process (TensorBoard, tunnel agents, rclone/gcsfuse, helpers, the emulator)
     processes: ProcessRegistry = field(default_factory=ProcessRegistry)
@@ -90,7 +89,6 @@ class Session:
     #: the emulator process we started (None when we use one started elsewhere)
     emulator_process: Tracked | None = None
     archivers: dict = field(default_factory=dict)  # run dir → archiver.Archiver started by %gcs_archive's line form
-    supervised: object | None = None  # processes.Tracked: the command `colab-magics run` supervises
     auth_proxies: list = field(default_factory=list)  # authproxy.AuthProxy servers in front of tunnels
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -101,6 +99,11 @@ class Session:
         self.processes.on_stop = self.disarm_if_idle
 
     @property
+    def emulator_host(self) -> str | None:
+        """The emulator's URL when the credentials in use are the emulator's (requests go there)."""
+        return getattr(self.auth, "emulator_host", None)
+
+    @property
     def registry(self) -> ProcessRegistry:
         """The process registry (old name of `processes`)."""
         return self.processes
@@ -108,7 +111,6 @@ class Session:
     def set_auth(self, info) -> None:
         with self._lock:
             self.auth = info
-            self.emulator_host = getattr(info, "emulator_host", None)
             self._client = None
 
     def storage_client(self):
@@ -119,7 +121,6 @@ class Session:
             if self._client is None:
                 if self.auth is None:
                     self.auth = auth.authenticate()
-                    self.emulator_host = self.auth.emulator_host
                 self._client = auth.make_client(self.auth)
             return self._client
 
@@ -138,6 +139,8 @@ class Session:
         steps += [(f"hook {hook!r}", hook) for hook in reversed(hooks)]
         if len(self.tunnels) or len(self.ngrok_agents):
             steps.append(("tunnels", lambda: _close_tunnels(self)))
+        if self.auth_proxies:
+            steps.append(("password proxies", _stop_auth_proxies))
         if len(self.tensorboards):
             steps.append(("tensorboards", _stop_tensorboards))
         if len(self.mounts):
@@ -225,6 +228,12 @@ def _close_tunnels(session: Session) -> None:
         from colab_magics.tunnels import ngrok
 
         ngrok.end_agents()
+
+
+def _stop_auth_proxies() -> None:
+    from colab_magics import authproxy
+
+    authproxy.stop_all()
 
 
 def _stop_tensorboards() -> None:

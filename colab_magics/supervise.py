@@ -74,7 +74,6 @@ def run(
     current = session.current()
     with _Forwarding() as forwarding:
         child = _start(argv)
-        current.supervised = child
         forwarding.child = child.popen
         try:
             worker.start()
@@ -82,7 +81,6 @@ def run(
             code = _wait(child.popen)
         finally:
             current.registry.stop(child)
-            current.supervised = None
         summary = worker.stop(final=True, timeout=final_timeout)
     _say(_describe(summary, final_timeout))
     return code
