@@ -28,10 +28,11 @@ class Command:
 COMMANDS = {
     "auth": Command(
         "gcs_auth", "Check which credentials and project the other commands use.",
-        "Find Google Cloud credentials in this order and print whose they are: the local emulator "
-        "(--emulator, or STORAGE_EMULATOR_HOST set) → a service-account key (--key-file or "
-        "GOOGLE_APPLICATION_CREDENTIALS) → Application Default Credentials (gcloud auth "
-        "application-default login). A project given here also becomes the gcloud CLI's default.",
+        "Find Google Cloud credentials in this order and print whose they are: what you name "
+        "(--key-file: any credentials file google-auth reads; or --emulator, the local emulator) → "
+        "STORAGE_EMULATOR_HOST set outside → GOOGLE_APPLICATION_CREDENTIALS → Application Default "
+        "Credentials (gcloud auth application-default login). A project given here also becomes "
+        "the gcloud CLI's default.",
         ("colab-magics auth --emulator", "colab-magics auth --project my-project",
          "colab-magics auth my-project --key-file ~/keys/trainer.json"),
     ),
@@ -69,8 +70,9 @@ COMMANDS = {
     "tunnel": Command(
         "tensorboard_tunnel", "Serve TensorBoard behind a tunnel until Ctrl-C.",
         "Start TensorBoard for LOGDIR, make it reachable and print the URL; Ctrl-C or SIGTERM ends "
-        "both. Options after -- go to TensorBoard unchanged. The ngrok tunnel asks for a password "
-        "by default (printed once, with the link).",
+        "both. Options after -- go to TensorBoard unchanged. Every public tunnel (ngrok, cloudflared, "
+        "ssh) asks for a password by default (printed once, with the link); --auth sets one on any "
+        "provider, --no-auth opts out.",
         ("colab-magics tunnel runs --provider ngrok",
          "colab-magics tunnel runs --provider ssh --ssh me@myserver.example.com --remote-port 8080",
          "colab-magics tunnel runs --provider local -- --reload_interval 5"),
