@@ -82,29 +82,33 @@ class ProcessRegistry:
         log_path: str | os.PathLike | None = None,
         cwd: str | os.PathLike | None = None,
         on_line=None,
+        inherit_stdio: bool = False,
     ) -> Tracked:
         """Start `argv` in its own session (so the notebook's Stop button does not reach it).
 
         Output goes to `log_path` when given, else it is read by a thread that keeps the last lines
-        (and calls `on_line(line)` for each, for callers that wait for a start-up line).
+        (and calls `on_line(line)` for each, for callers that wait for a start-up line). With
+        `inherit_stdio` the child shares our stdin, stdout and stderr (a command we supervise).
         """
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
-        if log_path is not None:
+        if inherit_stdio:
+            stdin = out = err = log_path = None
+        elif log_path is not None:
             log_path = Path(log_path)
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(log_path, "ab")
+            stdin, out, err = subprocess.DEVNULL, open(log_path, "ab"), subprocess.STDOUT
         else:
-            out = subprocess.PIPE
+            stdin, out, err = subprocess.DEVNULL, subprocess.PIPE, subprocess.STDOUT
         if self.on_start is not None:
             self.on_start()
         try:
             popen = _spawner.call(lambda: subprocess.Popen(
                 list(argv),
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=out,
-                stderr=subprocess.STDOUT,
+                stderr=err,
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
@@ -114,7 +118,7 @@ class ProcessRegistry:
             if log_path is not None:
                 out.close()
         tracked = Tracked(name=name, argv=list(argv), popen=popen, log_path=log_path)
-        if log_path is None:
+        if out is subprocess.PIPE:
             tracked._reader = threading.Thread(
                 target=_pump, args=(tracked, on_line), name=f"{name}-output", daemon=True
             )

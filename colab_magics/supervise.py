@@ -107,20 +107,11 @@ def exit_code(returncode: int) -> int:
 
 def _start(argv: list[str]):
     """Start the child in a session of its own (a terminal's Ctrl-C reaches it once: through us),
-    with stdin/stdout/stderr inherited, tracked by the process registry so nothing outlives us."""
+    with stdin/stdout/stderr inherited, tracked by the process registry (and PR_SET_PDEATHSIG) so
+    nothing outlives us."""
     from colab_magics import processes
 
-    popen = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent)
-    tracked = processes.Tracked(name=f"run:{Path(argv[0]).name}", argv=argv, popen=popen)
-    return processes.registry.adopt(tracked)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM it if we die, even by SIGKILL (Linux's PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    return processes.registry.start(argv, name=f"run:{Path(argv[0]).name}", inherit_stdio=True)
 
 
 def _wait(popen: subprocess.Popen) -> int:
