@@ -179,12 +179,6 @@ def _scan_and_choose(run_dir, step: int | None, exclude: tuple[str, ...], includ
     return scan, chosen
 
 
-def event_files(run_dir: str | os.PathLike) -> list[Path]:
-    """Every TensorBoard event file below the run directory (linked directories not followed)."""
-    root = Path(os.path.abspath(Path(run_dir).expanduser()))
-    return sorted(Path(e.path) for e in _walk(root) if e.kind == "file" and _is_events(e.name))
-
-
 def step_from_name(name: str) -> int | None:
     """The step a file or directory name carries, if any (`epoch=3-step=1200.ckpt` → 1200)."""
     parsed = _parse_name(name)
