@@ -269,8 +269,8 @@ def serve(
 ) -> Served:
     """Start (or reuse) TensorBoard for `log_dir` and open (or reuse) a tunnel to it.
 
-    Everything that can be refused (unknown provider, no token, --auth where no password is
-    possible) is checked before any process starts.
+    Everything that can be refused (binding flags, unknown provider, no token, --auth with
+    --no-auth) is checked before any process starts.
     """
     check_extra_args(extra_args)
     options = options or tunnels.TunnelOptions()
