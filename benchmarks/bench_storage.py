@@ -14,6 +14,7 @@ benchmarks/results/storage.json. Ratios, not absolute times, are what carries fr
 
 from __future__ import annotations
 
+from colab_magics.settings import Settings
 import argparse
 import atexit
 import json
@@ -73,7 +74,7 @@ def child(spec: dict) -> dict:
     if op == "raw_upload":
         bucket.blob(RAW_OBJECT).upload_from_filename(str(big))
     elif op == "our_save":
-        settings = runs.TransferSettings(progress=False, chunk_size=spec["chunk_mib"] * MiB)
+        settings = Settings(progress=False, chunk_size_mb=spec["chunk_mib"])
         result = runs.save_run(run_dir, f"gs://{BUCKET}/x", settings=settings, client=client)
         if not isinstance(result, runs.Saved):
             raise SystemExit(f"save did not happen: {result}")
@@ -88,7 +89,7 @@ def child(spec: dict) -> dict:
         bucket.blob(ARCHIVE).download_to_filename(str(scratch / "raw.zip"))
     elif op == "our_load":
         restored = runs.load_run(f"gs://{BUCKET}/{ARCHIVE}", scratch / "restored", client=client,
-                                 settings=runs.TransferSettings(progress=False))
+                                 settings=Settings(progress=False))
         if len(restored.files) != 4:
             raise SystemExit(f"load restored {len(restored.files)} files, expected 4")
     else:

@@ -20,11 +20,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from colab_magics import workers
-from colab_magics.errors import ColabMagicsError, InvalidInterval, NoCheckpointFound, RunDirError
+from colab_magics.errors import (
+    AlreadyArchiving,
+    ColabMagicsError,
+    InvalidInterval,
+    NoCheckpointFound,
+    RunDirError,
+    Words,
+    check_keep,
+    do,
+)
+from colab_magics.settings import DEFAULTS, effective
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EVERY = 600.0
 LAST_CHANCE_TIMEOUT = 20.0  # seconds a SIGTERM/exit flush may take (container runtimes allow ~10-30 s)
 FINAL_TIMEOUT = 600.0
 _MAX_POLL = 2.0
@@ -47,6 +56,9 @@ def parse_interval(text: str | float | int) -> float:
     return seconds
 
 
+DEFAULT_EVERY = parse_interval(DEFAULTS.every)
+
+
 # --- who archives in multi-worker training: colab_magics.workers (kept here under the old names)
 not_chief_reason = workers.not_chief_reason
 is_chief = workers.is_chief
@@ -63,7 +75,7 @@ class ArchiveSummary:
     last_step: int | None = None  # newest step known to be in the bucket
     last_url: str | None = None
     failures: int = 0
-    last_error: str | None = None
+    last_error: str | Words | None = None  # Words: a failure of ours, for the front end to word
     skipped: str | None = None  # why nothing was archived at all (not the chief)
     pending: bool = False  # the final archive had not finished when we stopped waiting
     newest_step: int | None = None  # newest step on disk after the final archive (None: not looked)
@@ -100,12 +112,9 @@ class Archiver:
         self.run_dir = Path(run_dir).expanduser()
         self.location = storage.parse_url(destination)  # fails fast on a bad URL, before training
         self.every = None if every is None else parse_interval(every)
-        if keep is not None and keep < 1:
-            raise ColabMagicsError("--keep must be at least 1: it counts the archives to keep, the new one included")
-        from colab_magics.transfer import TransferSettings
-
+        check_keep(keep)
         # no progress bars from a background thread: they would land in whatever cell is running
-        settings = replace(settings or TransferSettings(), progress=False)
+        settings = effective(settings).replace(progress=False)
         self.events, self.keep, self.settings, self.fmt = events, keep, settings, fmt
         self.exclude, self.include = tuple(exclude), tuple(include)  # passed to save_run as they are
         self.last_chance_timeout = last_chance_timeout
@@ -268,7 +277,7 @@ class Archiver:
                                    keep=self.keep, settings=self.settings, client=self._client, fmt=self.fmt,
                                    exclude=self.exclude, include=self.include)
         except ColabMagicsError as exc:
-            self._failed(step, str(exc))
+            self._failed(step, Words(*exc.args))
         except Exception as exc:  # an unexpected library error: logged with its traceback, retried
             log.exception("archiving step %s of %s failed", step, self.run_dir)
             self._failed(step, f"{type(exc).__name__}: {exc}")
@@ -286,7 +295,7 @@ class Archiver:
             if self.every is not None:
                 self._next_allowed = started + self.every
 
-    def _failed(self, step: int, message: str) -> None:
+    def _failed(self, step: int, message: str | Words) -> None:
         retry = f"retrying in {self.every:g} s" if self.every is not None else "retrying at the next request"
         log.warning("archiving step %s of %s failed (%s): %s", step, self.run_dir, retry, message)
         self._summary = _replace(self._summary, failures=self._summary.failures + 1, last_error=message)
@@ -334,14 +343,12 @@ def start_background(run_dir: str | os.PathLike, destination: str, every: float 
 
     One per run directory: a second one for the same directory is refused (AlreadyArchiving).
     """
-    from colab_magics.errors import AlreadyArchiving, hint
-
     archivers = _session().archivers
     key = Path(run_dir).expanduser().absolute()
     existing = archivers.get(key)
     if existing is not None and existing.active:
-        raise AlreadyArchiving(f"{key} is already archived in the background to {existing.location.url}: "
-                               f"{hint('gcs_archive', '--stop', str(key))} first")
+        raise AlreadyArchiving(f"{key} is already archived in the background to {existing.location.url}: ",
+                               do("archive_stop", str(key)), " first")
     worker = Archiver(key, destination, every, **options).start()
     if worker.active:  # not the chief: nothing to keep; else the shutdown's flush gives it its final archive
         archivers[key] = worker
@@ -355,13 +362,11 @@ def background() -> list[Archiver]:
 
 def stop_background(run_dir: str | os.PathLike | None = None, timeout: float = FINAL_TIMEOUT) -> list[ArchiveSummary]:
     """Stop the background archiver of `run_dir` (every one when None) after a final archive each."""
-    from colab_magics.errors import ColabMagicsError, hint
-
     archivers = _session().archivers
     keys = list(archivers) if run_dir is None else [Path(run_dir).expanduser().absolute()]
     if run_dir is not None and keys[0] not in archivers:
-        raise ColabMagicsError(f"{keys[0]} is not archived in the background: {hint('gcs_archive', '--status')} "
-                               "shows what is")
+        raise ColabMagicsError(f"{keys[0]} is not archived in the background: ", do("archive_status"),
+                               " shows what is")
     deadline = time.monotonic() + timeout  # one deadline for all of them, as the last-chance flush
     return [archivers.pop(key).stop(final=True, timeout=max(deadline - time.monotonic(), 0.0)) for key in keys]
 

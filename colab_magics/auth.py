@@ -22,7 +22,7 @@ from pathlib import Path
 
 from colab_magics import emulator as emulator_mod
 from colab_magics import hosted
-from colab_magics.errors import AuthError, NoCredentials, hint
+from colab_magics.errors import AuthError, NoCredentials, Param, do
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,11 @@ _TYPES_BY_MODULE = {  # credential classes of google.auth.default() → the file
 }
 
 
-def no_credentials_help() -> str:
-    return (
-        f"no Google Cloud credentials found: use  {hint('gcs_auth', '--emulator')}  for the local emulator, "
-        f"{hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}  for a service account, or run "
-        f"gcloud auth application-default login  (in Colab, {hint('gcs_auth', 'PROJECT')} signs you in)"
+def no_credentials() -> NoCredentials:
+    return NoCredentials(
+        "no Google Cloud credentials found: use  ", do("auth", emulator=True), "  for the local emulator, ",
+        do("auth", "PROJECT", key_file="KEY.json"), "  for a service account, or run "
+        "gcloud auth application-default login  (in Colab, ", do("auth", "PROJECT"), " signs you in)"
     )
 
 
@@ -73,7 +73,7 @@ def authenticate(
 ) -> AuthInfo:
     """Find credentials in the documented order and return who they are and where requests go."""
     if key_file and emulator:
-        raise AuthError("--key-file and --emulator contradict each other: pass one of them")
+        raise AuthError(Param("key_file"), " and ", Param("emulator"), " contradict each other: pass one of them")
     if key_file:
         return _file_auth(Path(key_file).expanduser(), project)
     if emulator:
@@ -230,7 +230,7 @@ def _adc_auth(project: str | None, *, method: str) -> AuthInfo:
     try:
         credentials, default_project = google.auth.default(scopes=SCOPES)
     except DefaultCredentialsError:
-        raise NoCredentials(no_credentials_help()) from None
+        raise no_credentials() from None
     kind = credential_type_of(credentials)
     return AuthInfo(method, identity_of(credentials, kind), project or default_project or _env_project(),
                     credentials, credential_type=kind)

@@ -80,7 +80,6 @@ COMMANDS = {
     ),
     "run": Command(None, "Run a training command, archiving its run directory; final archive on exit/preemption."),
 }
-COMMAND_OF_MAGIC = {c.magic: name for name, c in COMMANDS.items() if c.magic}
 _RETURNS_AT_ONCE = {"--list", "--unmount", "--stop"}  # foreground commands that only look or undo
 
 
@@ -154,12 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     return run(options.command, options.args, emulator=options.emulator, project=options.project)
 
 
+def dialect():
+    """How the CLI words a failure's parameters and remedies: `--keep`, `colab-magics auth --emulator`
+    (what only a notebook can do is worded as the magic)."""
+    from colab_magics.errors import Dialect
+    from colab_magics.magics import DIALECT as MAGIC
+
+    return Dialect("cli", {
+        "auth": "colab-magics auth", "save": "colab-magics save", "load": "colab-magics load",
+        "list": "colab-magics list", "mount": "colab-magics mount", "unmount": "colab-magics mount --unmount",
+        "mounts": "colab-magics mount --list", "tunnel": "colab-magics tunnel",
+    }, fallback=MAGIC)
+
+
 def run(command: str, args: list[str], *, emulator: bool = False, project: str | None = None) -> int:
     """Run one command with its argv (global options may still be in it, before any `--`)."""
     from colab_magics import session
 
-    current = session.current()
-    previous, current.interface = current.interface, "cli"
     try:
         if command == "run":
             return _run_supervised(args, emulator=emulator, project=project)
@@ -167,8 +177,7 @@ def run(command: str, args: list[str], *, emulator: bool = False, project: str |
     except KeyboardInterrupt:
         return 130
     finally:
-        current.shutdown()
-        current.interface = previous
+        session.current().shutdown()
 
 
 def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | None) -> int:
@@ -191,7 +200,9 @@ def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | 
     if command == "auth":
         rest = (["--emulator"] if emulator else []) + ([project] if project else []) + rest
     argv = rest + args[cut:]
-    magic = getattr(ColabMagics(shell=None), COMMANDS[command].magic)
+    magics = ColabMagics(shell=None)  # the magic's parser and body, worded for a shell
+    magics.dialect = words = dialect()
+    magic = getattr(magics, COMMANDS[command].magic)
     try:
         if command != "auth" and (emulator or project):
             session.current().set_auth(auth.authenticate(project, emulator=emulator))
@@ -205,7 +216,7 @@ def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | 
             return _failure(command, exc)
         return _misuse(command, str(exc))
     except ColabMagicsError as exc:
-        return _failure(command, exc)
+        return _failure(command, words.render(exc))
     return 0
 
 
@@ -217,7 +228,7 @@ def _run_supervised(args: list[str], *, emulator: bool, project: str | None) -> 
         try:
             session.current().set_auth(auth.authenticate(project, emulator=emulator))
         except ColabMagicsError as exc:
-            return _failure("run", exc)
+            return _failure("run", dialect().render(exc))
     return supervise.cli_main(args)
 
 
@@ -227,8 +238,8 @@ def _misuse(command: str | None, message: str) -> int:
     return 2
 
 
-def _failure(command: str, exc: BaseException) -> int:
-    print(f"colab-magics {command}: {exc}", file=sys.stderr)
+def _failure(command: str, message: object) -> int:
+    print(f"colab-magics {command}: {message}", file=sys.stderr)
     return 1
 
 

@@ -1,30 +1,171 @@
-"""One exception base class, one subclass per thing that can go wrong.
+"""One exception base class, one subclass per thing that can go wrong: facts, not a front end's words.
 
-Each message says what happened and what to do, in one line, and never carries a secret. The magics
-turn these into `UsageError` so IPython prints the line without a traceback.
+A message says what happened and what to do, in one line, and never carries a secret. It names no
+magic, shell command or flag of its own accord: where it points at a parameter or at an operation
+that fixes things, it holds a `Param` or a `Remedy`, and the front end that shows it words them in
+its own terms (a `Dialect`): `Param("keep")` is `--keep` in a notebook or a shell and `keep=` in
+Python; `do("auth", emulator=True)` is `%gcs_auth --emulator`, `colab-magics auth --emulator` or
+`colab_magics.auth.sign_in(emulator=True)`. A message is built from parts, plain strings and those
+two, so nothing in a path or a name is ever taken for a placeholder:
+
+    raise InvalidArgument(Param("keep"), " must be at least 1: it counts the archives to keep")
+
+`str(exc)` is the Python wording (a Python caller reads names it can pass); `exc.render(dialect)` any
+other. This module imports nothing of colab_magics: every other module may import it.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
+from typing import Sequence
+
+_UNSET = object()
 
 
-def hint(magic: str, *args: str) -> str:
-    """How to run `magic` where the user is: `%gcs_auth --emulator` in a notebook,
-    `colab-magics auth --emulator` in a shell (`Session.interface`). Every message that names a
-    command builds it here, so the two interfaces never tell users to type the other's syntax."""
-    from colab_magics import session
-    from colab_magics.cli import COMMAND_OF_MAGIC
+@dataclass(frozen=True)
+class Param:
+    """A parameter of the operation that failed, e.g. `keep` (`--keep` / `keep=`), with a value to suggest."""
 
-    words = [a if not re.search(r"[\s'\"$\\]", a) else shlex.quote(a) for a in args]
-    if session.current().interface == "cli" and magic in COMMAND_OF_MAGIC:
-        return " ".join(["colab-magics", COMMAND_OF_MAGIC[magic], *words])
-    return " ".join([f"%{magic}", *words])
+    name: str
+    value: object = _UNSET
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """An operation that fixes things, as data: `action` (see `ACTIONS`), positional `args` (shown as
+    they are, e.g. "PROJECT"), and `options` as (Python name, value) pairs (True: a bare flag)."""
+
+    action: str
+    args: tuple[str, ...] = ()
+    options: tuple[tuple[str, object], ...] = ()
+
+
+def do(action: str, *args: str, **options) -> Remedy:
+    """`do("auth", "PROJECT", key_file="KEY.json")`: the Remedy of running `action` so."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}: add it to errors.ACTIONS")
+    return Remedy(action, tuple(str(a) for a in args), tuple(options.items()))
+
+
+#: Every operation a message may suggest, and the Python call that does it (the Remedy's args are
+#: its positional arguments, its options keyword arguments). The magics and the CLI map the same
+#: names to their own commands (`magics.DIALECT`, `cli.DIALECT`).
+ACTIONS = {
+    "auth": "colab_magics.auth.sign_in",
+    "save": "colab_magics.runs.save_run",
+    "load": "colab_magics.runs.load_run",
+    "list": "colab_magics.runs.list_archives",
+    "mount": "colab_magics.mount.mount",
+    "unmount": "colab_magics.mount.unmount",
+    "mounts": "colab_magics.mount.active_mounts",
+    "archive": "colab_magics.archiver.start_background",
+    "archive_stop": "colab_magics.archiver.stop_background",
+    "archive_status": "colab_magics.archiver.background",
+    "tunnel": "colab_magics.tensorboard.serve",
+}
+
+
+def _shell_word(text: str) -> str:
+    return text if text and not re.search(r"[\s'\"$\\]", text) else shlex.quote(text)
+
+
+class Dialect:
+    """How one front end words parameters and operations: shell-style flags (`--keep`, `--backend
+    rclone`) and `commands[action]` followed by the Remedy's args and options. An action the front end
+    has no command for is worded by `fallback`."""
+
+    def __init__(self, name: str, commands: dict[str, str], fallback: "Dialect | None" = None):
+        unknown = set(commands) - set(ACTIONS)
+        if unknown:
+            raise ValueError(f"{name}: unknown actions {sorted(unknown)}")
+        self.name, self.commands, self.fallback = name, dict(commands), fallback
+
+    def param(self, param: Param) -> str:
+        flag = "--" + param.name.replace("_", "-")
+        if param.value is _UNSET or param.value is True:
+            return flag
+        return f"{flag} {_shell_word(str(param.value))}"
+
+    def remedy(self, remedy: Remedy) -> str:
+        command = self.commands.get(remedy.action)
+        if command is None:
+            return (self.fallback or PYTHON).remedy(remedy)
+        words = [command, *map(_shell_word, remedy.args)]
+        words += [self.param(Param(name, value)) for name, value in remedy.options
+                  if value is not False and value is not None]
+        return " ".join(words)
+
+    def render(self, said: object) -> str:
+        """An error or a note in these words (ours part by part; anything else as str() has it)."""
+        if isinstance(said, (ColabMagicsError, Words)):
+            return said.render(self)
+        return str(said)
+
+
+class _PythonDialect(Dialect):
+    """The Python API's words: `keep=`, `colab_magics.auth.sign_in(emulator=True)`."""
+
+    def param(self, param: Param) -> str:
+        return f"{param.name}=" if param.value is _UNSET else f"{param.name}={param.value!r}"
+
+    def remedy(self, remedy: Remedy) -> str:
+        arguments = [repr(a) for a in remedy.args]
+        arguments += [f"{name}={value!r}" for name, value in remedy.options]
+        return f"{ACTIONS[remedy.action]}({', '.join(arguments)})"
+
+
+PYTHON: Dialect = _PythonDialect("python", {})
+
+
+def render(parts: Sequence[object], dialect: Dialect) -> str:
+    """A message's parts as one line in `dialect`'s words."""
+    out = []
+    for part in parts:
+        if isinstance(part, Param):
+            out.append(dialect.param(part))
+        elif isinstance(part, Remedy):
+            out.append(dialect.remedy(part))
+        else:
+            out.append(str(part))
+    return "".join(out)
+
+
+class Words:
+    """A line for the user that is not a failure (a tunnel's note, say), built from parts like an error's."""
+
+    def __init__(self, *parts: object):
+        self.parts = parts
+
+    def render(self, dialect: Dialect) -> str:
+        return render(self.parts, dialect)
+
+    def __str__(self) -> str:
+        return self.render(PYTHON)
+
+    def __repr__(self) -> str:
+        return f"Words({str(self)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Words) and other.parts == self.parts
+
+    def __hash__(self) -> int:
+        return hash(self.parts)
 
 
 class ColabMagicsError(Exception):
-    """Base class of every expected failure of colab_magics."""
+    """Base class of every expected failure of colab_magics. Its args are the message's parts."""
+
+    def render(self, dialect: Dialect) -> str:
+        return render(self.args, dialect)
+
+    def __str__(self) -> str:
+        return self.render(PYTHON)
+
+    @property
+    def remedies(self) -> tuple[Remedy, ...]:
+        return tuple(part for part in self.args if isinstance(part, Remedy))
 
 
 class MissingDependency(ColabMagicsError):
@@ -213,6 +354,29 @@ class InvalidInterval(ColabMagicsError):
 # --- Python API arguments -----------------------------------------------------------------------
 class InvalidArgument(ColabMagicsError, TypeError):
     """A Python API call (the colab_utils names, the hooks) got a missing or wrongly typed argument."""
+
+
+class InvalidValue(ColabMagicsError, ValueError):
+    """An argument of the right type whose value cannot work (`keep=0`); `param` names it."""
+
+    def __init__(self, *parts, param: str | None = None):
+        super().__init__(*parts)
+        self.param = param
+
+
+class InvalidSetting(ColabMagicsError, ValueError):
+    """A `COLAB_MAGICS_*` variable (or `%config` value) that does not parse; `name` is the setting."""
+
+    def __init__(self, *parts, name: str):
+        super().__init__(*parts)
+        self.name = name
+
+
+def check_keep(keep: int | None) -> None:
+    """How many archives to keep counts the new one: at least 1 (None: keep everything)."""
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise InvalidValue(Param("keep"), f" must be a whole number of at least 1, not {keep!r}: it counts "
+                           "the archives to keep, the new one included", param="keep")
 
 
 def check_argument(call: str, name: str, value, kinds: tuple, what: str) -> None:

@@ -14,16 +14,16 @@ import json
 import os
 import sys
 
-from colab_magics.errors import AuthError, hint
+from colab_magics.errors import AuthError, do
 
 log = logging.getLogger(__name__)
 
 
 
-def _kaggle_addon_help() -> str:
-    return ("Kaggle's Google Cloud Services integration is not attached to this notebook: open "
-            "Add-ons → Google Cloud Services, link your account with Cloud Storage selected, then run "
-            f"{hint('gcs_auth')} again (or use  {hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')})")
+def _kaggle_addon_missing() -> AuthError:
+    return AuthError("Kaggle's Google Cloud Services integration is not attached to this notebook: open "
+                     "Add-ons → Google Cloud Services, link your account with Cloud Storage selected, then run ",
+                     do("auth"), " again (or use  ", do("auth", "PROJECT", key_file="KEY.json"), ")")
 
 
 PROXY_TIMEOUT = 10.0  # seconds to wait for the Colab frontend to answer eval_js
@@ -55,19 +55,19 @@ def colab_authenticate_user(project: str | None = None) -> None:
     if not _colab_user_credentials() and not colab_frontend_answers():
         # authenticate_user asks the frontend with no timeout: without one it would wait forever
         raise AuthError(f"no Colab frontend answered within {PROXY_TIMEOUT:.0f} s, so Colab cannot show its "
-                        f"sign-in (a runtime driven from VS Code or a script?): use "
-                        f"{hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}, or gcloud auth application-default login")
+                        "sign-in (a runtime driven from VS Code or a script?): use ",
+                        do("auth", "PROJECT", key_file="KEY.json"), ", or gcloud auth application-default login")
     try:
         if project:
             auth.authenticate_user(project_id=project)
         else:
             auth.authenticate_user()
     except errors.AuthorizationError as exc:
-        raise AuthError(f"Colab sign-in failed ({exc}): run {hint('gcs_auth')} again and allow access, or use "
-                        f"{hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}") from None
+        raise AuthError(f"Colab sign-in failed ({exc}): run ", do("auth"), " again and allow access, or use ",
+                        do("auth", "PROJECT", key_file="KEY.json")) from None
     except NotImplementedError:
-        raise AuthError("Colab's sign-in is not available on this runtime (a managed runtime): use "
-                        f"{hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')} with a service-account key") from None
+        raise AuthError("Colab's sign-in is not available on this runtime (a managed runtime): use ",
+                        do("auth", "PROJECT", key_file="KEY.json"), " with a service-account key") from None
 
 
 def _colab_user_credentials() -> bool:
@@ -127,7 +127,7 @@ def kaggle_gcs_credentials():
     from kaggle_secrets import GcpTarget  # type: ignore[import-not-found]
 
     if not get_integrations().has_gcs():
-        raise AuthError(_kaggle_addon_help())
+        raise _kaggle_addon_missing()
     credentials = KaggleKernelCredentials(target=GcpTarget.GCS)
     try:
         credentials.refresh(Request())
@@ -135,7 +135,7 @@ def kaggle_gcs_credentials():
         cause = exc.__cause__
         if isinstance(cause, ConnectionError):
             raise AuthError("Kaggle's Google Cloud integration needs the internet: turn on Internet in "
-                            f"the notebook's settings, then run {hint('gcs_auth')} again") from None
+                            "the notebook's settings, then run ", do("auth"), " again") from None
         raise AuthError(f"Kaggle's Google Cloud integration gave no token ({cause or exc}): re-link "
                         f"your account under Add-ons → Google Cloud Services") from None
     return credentials

@@ -15,20 +15,32 @@ from typing import Sequence
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, Unicode
 
-from colab_magics.errors import ColabMagicsError, hint
+
+from colab_magics.errors import ColabMagicsError, Dialect
+from colab_magics.settings import DEFAULTS, NAMES, Settings, from_env, help_of
+
+
+#: How the magics word a failure's parameters and remedies: `--keep`, `%gcs_auth --emulator`.
+DIALECT = Dialect("magic", {
+    "auth": "%gcs_auth", "save": "%gcs_save", "load": "%gcs_load", "list": "%gcs_list",
+    "mount": "%gcsfuse_mount", "unmount": "%gcsfuse_mount --unmount", "mounts": "%gcsfuse_mount --list",
+    "archive": "%gcs_archive", "archive_stop": "%gcs_archive --stop", "archive_status": "%gcs_archive --status",
+    "tunnel": "%tensorboard_tunnel",
+})
 
 
 def expected_errors(method):
-    """Turn our expected failures into a one-line UsageError (IPython prints no traceback for it)."""
+    """Turn our expected failures into a one-line UsageError (IPython prints no traceback for it),
+    worded in the dialect of whoever called the magic (`ColabMagics.dialect`: the CLI sets its own)."""
 
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
+    def wrapper(self, *args, **kwargs):
         try:
-            return method(*args, **kwargs)
+            return method(self, *args, **kwargs)
         except ColabMagicsError as exc:
-            raise UsageError(str(exc)) from exc
+            raise UsageError(self.dialect.render(exc)) from exc
 
     return wrapper
 
@@ -55,68 +67,62 @@ def parse(magic, line: str | Sequence[str], *, passthrough: bool = False) -> tup
     return magic.parser.parse_args(argv), rest
 
 
-def _env(name: str, default, kind=str):
-    value = os.environ.get(f"COLAB_MAGICS_{name.upper()}")
-    if value is None:
-        return default
-    if kind is bool:
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return kind(value)
+class _FromSettings:
+    """A trait whose type, help and default come from `settings.Settings`; the default is read from
+    COLAB_MAGICS_<NAME> when first used (`settings.from_env`), as the CLI and the Python API read it."""
+
+    def __init__(self, name: str):
+        super().__init__(help=help_of(name))
+        self.tag(config=True)
+
+    def default(self, obj=None):
+        return getattr(from_env(), self.name)
+
+
+class _Int(_FromSettings, Int):
+    pass
+
+
+class _Float(_FromSettings, Float):
+    pass
+
+
+class _Bool(_FromSettings, Bool):
+    pass
+
+
+class _Unicode(_FromSettings, Unicode):
+    pass
+
+
+def _setting(name: str):
+    kind = {int: _Int, float: _Float, bool: _Bool, str: _Unicode}[type(getattr(DEFAULTS, name))]
+    return kind(name)
 
 
 @magics_class
 class ColabMagics(Magics):
     """Checkpoints to Cloud Storage and back, TensorBoard tunnels and bucket mounts for notebook VMs."""
 
-    chunk_size_mb = Int(help="Upload/download chunk size in MiB (resumable-upload chunk; memory ≈ 2 chunks).").tag(config=True)
-    retry_deadline = Float(help="Seconds a request may go unanswered (retries included) before the operation fails.").tag(config=True)
-    progress = Bool(help="Show progress bars for transfers of 64 MiB or more.").tag(config=True)
-    emulator_dir = Unicode(help="Where `%gcs_auth --emulator` keeps the local emulator's data; empty: "
-                                "COLAB_MAGICS_EMULATOR_DIR, else ~/.cache/colab_magics/gcs-emulator.").tag(config=True)
-    restore_max_ratio = Float(help="%gcs_load refuses an archive that would write more than this many times "
-                                   "its own size (a zip bomb); 0: no cap.").tag(config=True)
-    restore_free_margin_mb = Int(help="%gcs_load refuses an archive that would leave less than this many MiB "
-                                      "free on TARGET_DIR's disk.").tag(config=True)
+    chunk_size_mb = _setting("chunk_size_mb")
+    retry_deadline = _setting("retry_deadline")
+    progress = _setting("progress")
+    emulator_dir = _setting("emulator_dir")
+    restore_max_ratio = _setting("restore_max_ratio")
+    restore_free_margin_mb = _setting("restore_free_margin_mb")
+    tunnel_provider = _setting("tunnel_provider")
+    tensorboard_timeout = _setting("tensorboard_timeout")
+    ngrok_bin_dir = _setting("ngrok_bin_dir")
+    ssh_known_hosts = _setting("ssh_known_hosts")
+    every = _setting("every")
+    final_timeout = _setting("final_timeout")
 
-    @default("chunk_size_mb")
-    def _chunk_size_default(self):
-        from colab_magics.storage import DEFAULT_CHUNK_SIZE, MiB
+    #: the words of messages and notes: the magics' own, or the CLI's when it runs a magic's body
+    dialect: Dialect = DIALECT
 
-        return _env("chunk_size_mb", DEFAULT_CHUNK_SIZE // MiB, int)
-
-    @default("retry_deadline")
-    def _retry_deadline_default(self):
-        from colab_magics.storage import RETRY_DEADLINE
-
-        return _env("retry_deadline", RETRY_DEADLINE, float)
-
-    @default("progress")
-    def _progress_default(self):
-        return _env("progress", True, bool)
-
-    @default("restore_max_ratio")
-    def _restore_max_ratio_default(self):
-        from colab_magics.transfer import TransferSettings
-
-        return _env("restore_max_ratio", TransferSettings.restore_max_ratio, float)
-
-    @default("restore_free_margin_mb")
-    def _restore_free_margin_default(self):
-        from colab_magics.storage import MiB
-        from colab_magics.transfer import TransferSettings
-
-        return _env("restore_free_margin_mb", TransferSettings.restore_free_margin // MiB, int)
-
-    def transfer_settings(self):
-        from colab_magics.transfer import TransferSettings
-
-        return TransferSettings(
-            chunk_size=self.chunk_size_mb * 1024 * 1024,
-            retry_deadline=self.retry_deadline,
-            progress=self.progress,
-            restore_max_ratio=self.restore_max_ratio,
-            restore_free_margin=self.restore_free_margin_mb * 1024 * 1024,
-        )
+    def settings(self) -> Settings:
+        """The settings as `%config` (else the environment, else the defaults) has them now."""
+        return Settings(**{name: getattr(self, name) for name in NAMES})
 
     # --- storage --------------------------------------------------------------------------------
     @line_magic
@@ -184,12 +190,12 @@ class ColabMagics(Magics):
 
         args, _ = parse(self.gcs_save, line)
         result = runs.save_run(args.run_dir, args.destination, step=args.step, events=args.events,
-                               force=args.force, keep=args.keep, settings=self.transfer_settings(),
+                               force=args.force, keep=args.keep, settings=self.settings(),
                                exclude=tuple(args.exclude), include=tuple(args.include), dry_run=args.dry_run)
         if isinstance(result, runs.Planned):
             print(_describe_plan(result))
             return None
-        print(_describe_save(result))
+        print(_describe_save(result, self.dialect))
         return result.url
 
     @line_magic
@@ -216,7 +222,7 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_load, line)
-        result = runs.load_run(args.source, args.target_dir, step=args.step, settings=self.transfer_settings())
+        result = runs.load_run(args.source, args.target_dir, step=args.step, settings=self.settings())
         print(_describe_load(result))
         return result
 
@@ -249,38 +255,6 @@ class ColabMagics(Magics):
                                          empty=f"no archives under {args.location}"))
 
     # --- tensorboard and tunnels ----------------------------------------------------------------
-    tunnel_provider = Unicode(
-        help="Default provider of %tensorboard_tunnel (ngrok, cloudflared, ssh, colab, local); "
-             "empty: colab inside Colab, ngrok when NGROK_AUTHTOKEN is set, else local.",
-    ).tag(config=True)
-    tensorboard_timeout = Float(
-        help="Seconds to wait for TensorBoard (and the tunnel) to answer before giving up.",
-    ).tag(config=True)
-    ngrok_bin_dir = Unicode(
-        help="Directory of the ngrok agent (installed there if missing); empty: pyngrok's default.",
-    ).tag(config=True)
-    ssh_known_hosts = Unicode(
-        help="known_hosts file for --provider ssh; empty: ssh's own (~/.ssh/known_hosts).",
-    ).tag(config=True)
-
-    @default("tunnel_provider")
-    def _tunnel_provider_default(self):
-        return _env("tunnel_provider", "")
-
-    @default("tensorboard_timeout")
-    def _tensorboard_timeout_default(self):
-        from colab_magics.tensorboard import START_TIMEOUT
-
-        return _env("tensorboard_timeout", START_TIMEOUT, float)
-
-    @default("ngrok_bin_dir")
-    def _ngrok_bin_dir_default(self):
-        return _env("ngrok_bin_dir", "")
-
-    @default("ssh_known_hosts")
-    def _ssh_known_hosts_default(self):
-        return _env("ssh_known_hosts", "")
-
     @line_magic
     @magic_arguments()
     @argument("logdir", nargs="?", help="Directory TensorBoard reads (created if missing), or a gs:// URL.")
@@ -323,7 +297,7 @@ class ColabMagics(Magics):
             %tensorboard_tunnel runs --stop
         """
         from colab_magics import tensorboard, tunnels
-        from colab_magics.display import Table, TableList, show
+        from colab_magics.display import Link, Table, TableList, show
 
         args, extra = parse(self.tensorboard_tunnel, line, passthrough=True)
         if args.list:
@@ -335,7 +309,7 @@ class ColabMagics(Magics):
             print(f"Stopped {len(stopped.instances)} TensorBoard(s) and {len(stopped.tunnels)} tunnel(s)")
             return None
         if not args.logdir:
-            raise UsageError(f"give the LOGDIR TensorBoard should read, e.g. {hint('tensorboard_tunnel', 'runs')}")
+            raise UsageError(f"give the LOGDIR TensorBoard should read, e.g. {self.dialect.commands['tunnel']} runs")
         options = tunnels.TunnelOptions(
             auth=tunnels.parse_auth(args.auth) if args.auth else None, no_auth=args.no_auth,
             ssh_target=args.ssh, ssh_key=args.ssh_key, ssh_known_hosts=self.ssh_known_hosts or None,
@@ -345,7 +319,8 @@ class ColabMagics(Magics):
         served = tensorboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
                               port=args.port, extra_args=extra, timeout=self.tensorboard_timeout)
         tensorboard.inline_view(served)
-        show(served.link())
+        show(Link(served.url, f"TensorBoard ({served.provider}) for {served.logdir}",
+                  [self.dialect.render(note) for note in served.notes]))
         return served.url
 
     # --- mounts ---------------------------------------------------------------------------------
@@ -390,9 +365,10 @@ class ColabMagics(Magics):
             return TableList(mounts, Table(["mount point", "source", "backend", "mode", "pid"], rows,
                                            empty="no bucket mounts"))
         if not args.bucket:
-            raise UsageError(f"give a BUCKET (or --list): {hint('gcsfuse_mount', 'BUCKET', 'MOUNT_POINT')}")
-        if args.unmount:
-            where = args.mount_point or mount.default_mount_point(args.bucket)
+            raise UsageError(f"give a BUCKET (or --list): {self.dialect.commands['mount']} BUCKET MOUNT_POINT")
+        if args.unmount:  # BUCKET [MOUNT_POINT], or the mount point alone
+            alone = args.mount_point is None and (os.sep in args.bucket or args.bucket.startswith("."))
+            where = args.mount_point or (args.bucket if alone else mount.default_mount_point(args.bucket))
             result = mount.unmount(where)
             print(f"Unmounted {result.mount_point}")
             return result.mount_point
@@ -409,8 +385,9 @@ class ColabMagics(Magics):
     @magic_arguments()
     @argument("run_dir", nargs="?", help="The run directory the cell writes checkpoints into (it may not exist yet).")
     @argument("destination", nargs="?", help="gs://BUCKET[/PREFIX] (or a bare bucket name).")
-    @argument("--every", default="10m", metavar="INTERVAL",
-              help="Shortest time between two archives: 90 (seconds), 30s, 10m, 1h (default 10m).")
+    @argument("--every", metavar="INTERVAL",
+              help="Shortest time between two archives: 90 (seconds), 30s, 10m, 1h (default: the `every` "
+                   f"setting, {DEFAULTS.every}).")
     @argument("--events", action="store_true", help="Also archive every events.out.tfevents.* below RUN_DIR.")
     @argument("--keep", type=int, metavar="N", help="After each archive, delete all but the newest N of this run.")
     @argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -453,7 +430,7 @@ class ColabMagics(Magics):
         try:
             return self._exec_cell(self.shell, cell, f"%%gcs_archive {line}")
         finally:
-            print(self._describe_archiving(worker.stop(final=True)))
+            print(self._describe_archiving(worker.stop(final=True), self.dialect))
 
     @expected_errors
     def _start_archiver(self, line: str):
@@ -463,8 +440,8 @@ class ColabMagics(Magics):
         if args.stop or args.status:
             raise UsageError("--stop and --status belong to the line form: %gcs_archive --status")
         _require_run(args, "%%gcs_archive")
-        return archiver.Archiver(args.run_dir, args.destination, args.every, events=args.events,
-                                 keep=args.keep, settings=self.transfer_settings(),
+        return archiver.Archiver(args.run_dir, args.destination, args.every or self.every, events=args.events,
+                                 keep=args.keep, settings=self.settings(),
                                  exclude=tuple(args.exclude), include=tuple(args.include)).start()
 
     @expected_errors
@@ -476,25 +453,25 @@ class ColabMagics(Magics):
         args, _ = parse(self.gcs_archive, line)
         if args.status:
             workers = archiver.background()
-            rows = [_archiving_row(w.run_dir, w.summary()) for w in workers]
+            rows = [_archiving_row(w.run_dir, w.summary(), self.dialect) for w in workers]
             return TableList(workers, Table(["run dir", "destination", "archives", "last step", "archived at",
                                              "last error"], rows, empty="no background archiving"))
         if args.stop:
             summaries = archiver.stop_background(args.run_dir)
             for summary in summaries:
-                print(self._describe_archiving(summary))
+                print(self._describe_archiving(summary, self.dialect))
             if not summaries:
                 print("No background archiving to stop")
             return None
         _require_run(args, "%gcs_archive")
-        worker = archiver.start_background(args.run_dir, args.destination, args.every, events=args.events,
-                                           keep=args.keep, settings=self.transfer_settings(),
+        worker = archiver.start_background(args.run_dir, args.destination, args.every or self.every, events=args.events,
+                                           keep=args.keep, settings=self.settings(),
                                            exclude=tuple(args.exclude), include=tuple(args.include))
         summary = worker.summary()
         if summary.skipped:
             print(f"Archiving skipped: {summary.skipped}")
         else:
-            print(f"Archiving {worker.run_dir} to {summary.destination} every {args.every} in the background, "
+            print(f"Archiving {worker.run_dir} to {summary.destination} every {args.every or self.every} in the background, "
                   f"until %gcs_archive --stop or the end of the kernel")
         return None
 
@@ -518,7 +495,7 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_resume, line)
-        result = runs.resume(args.run_dir, args.destination, settings=self.transfer_settings())
+        result = runs.resume(args.run_dir, args.destination, settings=self.settings())
         print(_describe_load(result) if result else f"Fresh start: {result.note}")
         return result
 
@@ -540,7 +517,7 @@ class ColabMagics(Magics):
         return None
 
     @staticmethod
-    def _describe_archiving(summary) -> str:
+    def _describe_archiving(summary, dialect: Dialect) -> str:
         if summary.skipped:
             return f"Archiving skipped: {summary.skipped}"
         text = f"Archived {summary.archives} checkpoint(s) of {summary.run} to {summary.destination}"
@@ -548,7 +525,7 @@ class ColabMagics(Magics):
         if summary.newest_step is not None and summary.newest_step != summary.last_step:
             text += f"; newest step {summary.newest_step} is NOT archived"
         if summary.failures:
-            text += f"; {summary.failures} failed attempt(s), last: {summary.last_error}"
+            text += f"; {summary.failures} failed attempt(s), last: {dialect.render(summary.last_error)}"
         if summary.pending:
             text += "; the final archive is still running in the background"
         return text
@@ -565,24 +542,24 @@ def _require_run(args, magic: str) -> None:
         raise UsageError(f"give RUN_DIR and gs://BUCKET[/PREFIX]: {magic} runs/run1 gs://my-bucket/exp")
 
 
-def _archiving_row(run_dir, summary) -> tuple:
+def _archiving_row(run_dir, summary, dialect: Dialect) -> tuple:
     from datetime import datetime, timezone
 
     when = datetime.fromtimestamp(summary.last_archived_at, timezone.utc) if summary.last_archived_at else None
     return (run_dir, summary.destination, summary.archives, summary.last_step if summary.last_step is not None else "-",
-            _when(when), summary.last_error or "-")
+            _when(when), dialect.render(summary.last_error) if summary.last_error else "-")
 
 
 def _when(moment) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
-def _describe_save(result) -> str:
+def _describe_save(result, dialect: Dialect) -> str:
     from colab_magics.display import human_size
     from colab_magics.runs import Skipped
 
     if isinstance(result, Skipped):
-        return f"Skipped {result.url}: {result.reason}"
+        return f"Skipped {result.url}: {dialect.render(result.reason)}"
     text = (f"Saved step {_step_text(result)} of {result.run} to {result.url} "
             f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s)")
     if result.left_out_older:

@@ -43,7 +43,8 @@ from colab_magics.errors import (
     MountPointNotEmpty,
     MountTimeout,
     NotMounted,
-    hint,
+    Param,
+    do,
 )
 
 log = logging.getLogger(__name__)
@@ -150,12 +151,14 @@ def mount(
 
     started = time.monotonic()
     if (location or storage_class) and not create:
-        raise MountError("--location and --storage-class apply to a new bucket: add --create")
+        raise MountError(Param("location"), " and ", Param("storage_class"), " apply to a new bucket: add ",
+                         Param("create"))
     location_url = storage.parse_url(bucket)
     bucket = location_url.bucket
     if location_url.path:
         if only_dir and only_dir.strip("/") != location_url.path:
-            raise MountError(f"give the directory once: either gs://{bucket}/{location_url.path} or --only-dir")
+            raise MountError(f"give the directory once: either gs://{bucket}/{location_url.path} or ",
+                             Param("only_dir"))
         only_dir = location_url.path
     only_dir = (only_dir.strip("/") or None) if only_dir else None
     target = _resolve(mount_point or default_mount_point(bucket))
@@ -209,7 +212,7 @@ def unmount(mount_point: str | os.PathLike, *, timeout: float = UNMOUNT_TIMEOUT)
     tracked = _tracked(target)
     entry = _mount_entry(target)
     if entry is None and tracked is None:
-        raise NotMounted(f"{target} is not mounted: {hint('gcsfuse_mount', '--list')} shows the active mounts")
+        raise NotMounted(f"{target} is not mounted: ", do("mounts"), " shows the active mounts")
     backend = _FSTYPES.get(entry[2]) if entry else None
     if entry is not None:
         _unmount_path(target)
@@ -220,7 +223,8 @@ def unmount(mount_point: str | os.PathLike, *, timeout: float = UNMOUNT_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise MountTimeout(
                 f"{target} is unmounted but {backend} is still uploading after {timeout:.0f} s; it keeps "
-                "running: wait, then run --unmount again (ending the interpreter now may lose files)"
+                "running: wait, then run ", do("unmount", str(target)),
+                " again (ending the interpreter now may lose files)"
             ) from None
         _mounts().remove(str(target), tracked)
         processes.registry.stop(tracked)
@@ -266,7 +270,7 @@ def check_fuse(device: str | os.PathLike | None = None) -> None:
     if not path.exists():
         raise FuseUnavailable(
             f"FUSE is not available here ({path} does not exist): in Docker add  --device /dev/fuse "
-            f"--cap-add SYS_ADMIN; otherwise copy files with {hint('gcs_save')} / {hint('gcs_load')} instead of mounting"
+            "--cap-add SYS_ADMIN; otherwise copy files with ", do("save"), " / ", do("load"), " instead of mounting"
         )
     if not os.access(path, os.R_OK | os.W_OK):
         raise FuseUnavailable(
@@ -296,8 +300,7 @@ def rclone_command(executable: str, bucket: str, target: Path, info, *, only_dir
     elif method == "service-account":
         env[prefix + "SERVICE_ACCOUNT_FILE"] = _key_file(info)
     elif method == "kaggle":
-        raise MountError("Kaggle's Google Cloud integration cannot be handed to a mount: "
-                         f"use  {hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}  with a service-account key")
+        raise _kaggle_cannot_mount()
     else:
         env[prefix + "ENV_AUTH"] = "true"
         env.update(_adc_file_env(info))
@@ -319,12 +322,16 @@ def gcsfuse_command(executable: str, bucket: str, target: Path, info, *, only_di
     elif method == "service-account":
         argv += ["--key-file", _key_file(info)]  # a path, not the key
     elif method == "kaggle":
-        raise MountError("Kaggle's Google Cloud integration cannot be handed to a mount: "
-                         f"use  {hint('gcs_auth', 'PROJECT', '--key-file', 'KEY.json')}  with a service-account key")
+        raise _kaggle_cannot_mount()
     else:
         env.update(_adc_file_env(info))
     argv += [bucket, str(target)]
     return argv, env
+
+
+def _kaggle_cannot_mount() -> MountError:
+    return MountError("Kaggle's Google Cloud integration cannot be handed to a mount: use  ",
+                      do("auth", "PROJECT", key_file="KEY.json"), "  with a service-account key")
 
 
 def ensure_rclone() -> str:
@@ -348,12 +355,12 @@ def install_gcsfuse() -> str:
     if found:
         return found
     if os.geteuid() != 0:
-        raise MountBackendInstallFailed("installing gcsfuse needs root: run as root, or use --backend rclone")
+        raise MountBackendInstallFailed("installing gcsfuse needs root: run as root, or use ", Param("backend", "rclone"))
     codename = _debian_codename()
     if not codename:
         raise MountBackendInstallFailed(
             "gcsfuse can be installed automatically only on Debian or Ubuntu: see "
-            "https://cloud.google.com/storage/docs/cloud-storage-fuse/install, or use --backend rclone"
+            "https://cloud.google.com/storage/docs/cloud-storage-fuse/install, or use ", Param("backend", "rclone")
         )
     try:
         with urllib.request.urlopen(GCSFUSE_APT_KEY_URL, timeout=30) as response:
@@ -362,7 +369,7 @@ def install_gcsfuse() -> str:
         reason = getattr(exc, "reason", exc)
         raise MountBackendInstallFailed(
             f"could not download Google's apt key from {GCSFUSE_APT_KEY_URL} ({reason}): check the internet "
-            "connection, or use --backend rclone"
+            "connection, or use ", Param("backend", "rclone")
         ) from None
     keyring = GCSFUSE_KEYRING + (".asc" if key.lstrip().startswith(b"-----BEGIN PGP") else ".gpg")
     Path(keyring).write_bytes(key)
@@ -382,8 +389,8 @@ def _backend(name: str | None, install: bool) -> tuple[str, str]:
         if found:
             return found, "gcsfuse"
         if name == "gcsfuse":
-            raise MountBackendMissing("gcsfuse is not installed: add --install to install it from Google's apt "
-                                      "repository (Debian/Ubuntu, root), or use --backend rclone")
+            raise MountBackendMissing("gcsfuse is not installed: add ", Param("install"), " to install it from "
+                                      "Google's apt repository (Debian/Ubuntu, root), or use ", Param("backend", "rclone"))
     return ensure_rclone(), "rclone"
 
 
@@ -421,7 +428,7 @@ def _run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float =
 def _emulator_host(info) -> str:
     host = getattr(info, "emulator_host", None) or os.environ.get("STORAGE_EMULATOR_HOST")
     if not host:
-        raise MountError(f"the emulator's address is unknown: run  {hint('gcs_auth', '--emulator')}  again")
+        raise MountError("the emulator's address is unknown: run  ", do("auth", emulator=True), "  again")
     return host.rstrip("/")
 
 
@@ -429,7 +436,7 @@ def _key_file(info) -> str:
     path = getattr(info, "key_file", None) or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if not path:
         raise MountError("the service-account key file in use is unknown to the mount: set "
-                         f"GOOGLE_APPLICATION_CREDENTIALS=/path/key.json and run  {hint('gcs_auth')}  again")
+                         "GOOGLE_APPLICATION_CREDENTIALS=/path/key.json and run  ", do("auth"), "  again")
     return str(Path(path).expanduser().resolve())
 
 
@@ -467,14 +474,14 @@ def _check_mount_point(target: Path) -> None:
         entry = _mount_entry(target)
     if entry is not None:
         raise MountPointBusy(
-            f"{target} is already a mount point ({entry[0]}, {entry[2]}): unmount it with "
-            f"{hint('gcsfuse_mount', 'BUCKET', str(target), '--unmount')}, or choose another MOUNT_POINT"
+            f"{target} is already a mount point ({entry[0]}, {entry[2]}): unmount it with ",
+            do("unmount", str(target)), ", or choose another mount point"
         )
     if target.exists() and not target.is_dir():
-        raise MountPointNotEmpty(f"{target} is a file, not a directory: choose another MOUNT_POINT")
+        raise MountPointNotEmpty(f"{target} is a file, not a directory: choose another mount point")
     if target.is_dir() and any(target.iterdir()):
         raise MountPointNotEmpty(
-            f"{target} is not empty (mounting would hide its files): move them away or choose another MOUNT_POINT"
+            f"{target} is not empty (mounting would hide its files): move them away or choose another mount point"
         )
 
 
@@ -487,8 +494,8 @@ def _ensure_bucket(client, bucket: str, *, create: bool, location: str | None, s
     if storage.bucket_exists(client, where, deadline):
         return False
     if not create:
-        raise BucketNotFound(f"bucket gs://{bucket} does not exist: add --create to make it "
-                             "(with --location and --storage-class), or check the name")
+        raise BucketNotFound(f"bucket gs://{bucket} does not exist: add ", Param("create"), " to make it (with ",
+                             Param("location"), " and ", Param("storage_class"), "), or check the name")
     new = client.bucket(bucket)
     if storage_class:
         if storage_class.upper() not in STORAGE_CLASSES:

@@ -19,15 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from colab_magics import checkpoints, packing, progress, restore, storage, transfer
-from colab_magics.transfer import TransferSettings
+from colab_magics.settings import Settings, effective
 from colab_magics.errors import (
     ArchiveNotFound,
     CheckpointChanging,
-    ColabMagicsError,
     DownloadFailed,
     NoCheckpointFound,
+    InvalidValue,
     UploadFailed,
-    hint,
+    Words,
+    Param,
+    check_keep,
+    do,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,7 @@ class Skipped:
     url: str
     run: str
     step: int
-    reason: str
+    reason: "str | Words"
     step_from: str = "name"
 
 
@@ -159,7 +162,7 @@ def save_run(
     events: bool = False,
     force: bool = False,
     keep: int | None = None,
-    settings: TransferSettings | None = None,
+    settings: Settings | None = None,
     client=None,
     fmt: str = "zip",
     run_name: str | None = None,
@@ -172,16 +175,16 @@ def save_run(
     series, event files (unless `events`) and what `exclude` globs name (see `checkpoints.plan`).
     With `dry_run`, return what would be archived and upload nothing. RUN is `run_name` if given
     (colab_utils' `basename`), else the run directory's name."""
-    settings = settings or TransferSettings()
+    settings = effective(settings)
     if fmt not in FORMATS:
-        raise ColabMagicsError(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}")
-    if keep is not None and keep < 1:
-        raise ColabMagicsError("--keep must be at least 1: it counts the archives to keep, the new one included")
+        raise InvalidValue(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}", param="fmt")
+    check_keep(keep)
     plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include)
     ckpt, root, members = plan.checkpoint, plan.root, list(plan.files)
     location = storage.parse_url(destination)
     if run_name is not None and (not run_name.strip() or "/" in run_name):
-        raise ColabMagicsError(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'")
+        raise InvalidValue(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'",
+                           param="run_name")
     run = run_name or root.resolve().name
     target = location.child(archive_name(run, ckpt.step, fmt, step_from=ckpt.step_from))
     if dry_run:
@@ -192,7 +195,8 @@ def save_run(
     if not force:
         with storage.translated_errors(target, "check"):
             if blob.exists(**storage.request_options(settings.retry_deadline)):
-                return Skipped(target.url, run, ckpt.step, "already in the bucket (use --force to replace it)",
+                return Skipped(target.url, run, ckpt.step,
+                               Words("already in the bucket (use ", Param("force"), " to replace it)"),
                                ckpt.step_from)
     started = time.monotonic()
     manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "step_from": ckpt.step_from,
@@ -227,7 +231,7 @@ class _PreconditionFailed(Exception):
 
 
 def _upload_consistent(blob, root: Path, members: list[Path], stable: set[Path], comment: bytes, force: bool,
-                       settings: TransferSettings, fmt: str) -> tuple[int, tuple[str, ...]]:
+                       settings: Settings, fmt: str) -> tuple[int, tuple[str, ...]]:
     """Upload the archive; read the step again (once its files settle) while one changes under us.
 
     Returns the size and the files that forced a re-read; a step that keeps changing is a
@@ -286,7 +290,7 @@ def _wait_until_quiet(paths: set[Path]) -> None:
 
 
 def _upload_archive(blob, root: Path, members: list[Path], stable: dict[Path, packing.Signature | None],
-                    started: float, comment: bytes, force: bool, settings: TransferSettings, fmt: str) -> int:
+                    started: float, comment: bytes, force: bool, settings: Settings, fmt: str) -> int:
     """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists.
 
     packing.FileChanged (a file of the step changed while read) is raised before the upload's last
@@ -382,8 +386,9 @@ def resolve_archive(source: str, *, step: int | None = None, client=None,
         raise ArchiveNotFound(f"{source} names no run: write gs://BUCKET[/PREFIX]/RUN or an archive URL")
     match = ARCHIVE_NAME.match(name)
     if match and step is not None:
-        raise ColabMagicsError(f"--step picks an archive of a run: give the run's URL "
-                               f"(gs://{loc.bucket}/{loc.path[: -len(name)]}{match.group('run')}), not an archive's")
+        raise InvalidValue(Param("step"), " picks an archive of a run: give the run's URL "
+                           f"(gs://{loc.bucket}/{loc.path[: -len(name)]}{match.group('run')}), not an archive's",
+                           param="step")
     storage.require_bucket(client, loc, deadline)
     if match:
         return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path,
@@ -391,7 +396,8 @@ def resolve_archive(source: str, *, step: int | None = None, client=None,
     parent = loc.parent
     archives = list_archives(parent, name, client=client, deadline=deadline)
     if not archives:
-        raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: {hint('gcs_list', parent.url)} shows what is there")
+        raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: ", do("list", parent.url),
+                              " shows what is there")
     if step is None:
         return latest(archives)
     of_step = [a for a in archives if a.step == step and a.step_from == "name"]
@@ -402,17 +408,17 @@ def resolve_archive(source: str, *, step: int | None = None, client=None,
     return latest(of_step)
 
 
-def load_run(source: str, target_dir, *, step: int | None = None, settings: TransferSettings | None = None,
+def load_run(source: str, target_dir, *, step: int | None = None, settings: Settings | None = None,
              client=None) -> Restored:
     """Restore an archive (or a run's latest, or its `step`) into `target_dir`; a bad archive leaves
     it untouched. Returns a Restored record whose str() is the checkpoint path."""
-    settings = settings or TransferSettings()
+    settings = effective(settings)
     client = client or _client()
     info = resolve_archive(source, step=step, client=client, deadline=settings.retry_deadline)
     return _restore(info, Path(target_dir).expanduser(), settings, client)
 
 
-def _restore(info: ArchiveInfo, target: Path, settings: TransferSettings, client) -> Restored:
+def _restore(info: ArchiveInfo, target: Path, settings: Settings, client) -> Restored:
     """Download and extract `info` (its bucket checked already) into `target`, all or nothing."""
     loc = storage.parse_url(info.url)
     bucket = client.bucket(loc.bucket)
@@ -422,7 +428,7 @@ def _restore(info: ArchiveInfo, target: Path, settings: TransferSettings, client
         # (b"".join: 2 chunks), which made a load peak at 6x the RSS of a raw download.
         blob = bucket.get_blob(info.name, **storage.request_options(settings.retry_deadline))
     if blob is None:
-        raise ArchiveNotFound(f"{info.url} does not exist: {hint('gcs_list', loc.parent.url)} shows what is there")
+        raise ArchiveNotFound(f"{info.url} does not exist: ", do("list", loc.parent.url), " shows what is there")
     started = time.monotonic()
     with restore.Restore(target, info.url) as job:  # checks the target and recovers debris first
         with storage.translated_errors(loc, "download", bucket=bucket):
@@ -462,14 +468,14 @@ class FreshStart:
         return self.note
 
 
-def resume(run_dir, destination: str, *, settings: TransferSettings | None = None, client=None):
+def resume(run_dir, destination: str, *, settings: Settings | None = None, client=None):
     """Restore the latest archive of RUN_DIR's run (RUN = its name) from gs://BUCKET[/PREFIX] into it.
 
     Returns `load_run`'s record, or a falsy `FreshStart` when the bucket holds no archive of the run,
     so the first cell of a notebook (or a job's first line) is the same on the first run and after a
     reset. A missing bucket is still an error: only "no archives yet" is a fresh start.
     """
-    settings = settings or TransferSettings()
+    settings = effective(settings)
     target = Path(run_dir).expanduser()
     location = storage.parse_url(destination)
     run = target.resolve().name
@@ -481,7 +487,7 @@ def resume(run_dir, destination: str, *, settings: TransferSettings | None = Non
     return _restore(latest(archives), target, settings, client)
 
 
-def _extract(blob, staging: Path, settings: TransferSettings, budget: packing.Budget) -> tuple[Path, ...]:
+def _extract(blob, staging: Path, settings: Settings, budget: packing.Budget) -> tuple[Path, ...]:
     """Stream `blob` into `staging`, checked (member CRCs, the object's crc32c); return its files, relative."""
     options = storage.request_options(settings.retry_deadline)
     bar = transfer.progress_bar(blob.size or 0, f"download {blob.name}", settings)

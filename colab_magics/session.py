@@ -72,7 +72,6 @@ class Session:
     """Credentials chosen by `%gcs_auth`, a cached storage client, and everything to end at shutdown."""
 
     auth: object | None = None  # colab_magics.auth.AuthInfo
-    interface: str = "magic"  # "cli" inside colab-magics: messages then name CLI commands (errors.hint)
     _client: object | None = None
     #: every child process (TensorBoard, tunnel agents, rclone/gcsfuse, helpers, the emulator)
     processes: ProcessRegistry = field(default_factory=ProcessRegistry)

@@ -16,12 +16,11 @@ from colab_magics.errors import (
     PermissionDenied,
     StorageError,
     StorageUnreachable,
-    hint,
+    do,
 )
+from colab_magics.settings import DEFAULTS
 
-MiB = 1024 * 1024
-DEFAULT_CHUNK_SIZE = 100 * MiB  # the library's own default; the emulator is much slower with less
-RETRY_DEADLINE = 120.0  # seconds a request keeps retrying (`%config ColabMagics.retry_deadline`)
+RETRY_DEADLINE = DEFAULTS.retry_deadline  # seconds a request keeps retrying (`settings.retry_deadline`)
 MAX_REQUEST_TIMEOUT = 60.0  # the library's own per-request default, kept as an upper bound
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
@@ -99,30 +98,29 @@ def translated_errors(target: GcsPath | str, action: str, *, bucket=None):
         yield
     except gexc.NotFound as exc:
         if _object_missing(target, exc, bucket):
-            raise ArchiveNotFound(
-                f"{target} no longer exists (deleted meanwhile?): {hint('gcs_list', target.parent.url)} "
-                "shows what is there"
-            ) from None
+            raise ArchiveNotFound(f"{target} no longer exists (deleted meanwhile?): ",
+                                  do("list", target.parent.url), " shows what is there") from None
         raise BucketNotFound(_not_found_message(target, exc)) from None
     except (gexc.Forbidden, gexc.Unauthorized) as exc:
         raise PermissionDenied(
             f"permission denied to {action} {target}: the credentials in use ({_identity()}) lack "
-            f"access; grant them a Storage role or run  {hint('gcs_auth')}  with other credentials"
+            "access; grant them a Storage role or run  ", do("auth"), "  with other credentials"
         ) from exc
     except (requests.ConnectionError, requests.Timeout, auth_exc.TransportError) as exc:
         raise StorageUnreachable(
             f"could not {action} {target}: {_endpoint()} does not answer "
-            f"(for the local emulator run  {hint('gcs_auth', '--emulator')}  again)"
+            "(for the local emulator run  ", do("auth", emulator=True), "  again)"
         ) from exc
     except gexc.RetryError as exc:
         raise StorageUnreachable(
             f"could not {action} {target}: {_endpoint()} does not answer after retrying "
-            f"({type(exc.cause).__name__}); check the network, or run  {hint('gcs_auth', '--emulator')}  again"
+            f"({type(exc.cause).__name__}); check the network, or run  ", do("auth", emulator=True), "  again"
         ) from exc
     except gexc.GoogleAPICallError as exc:
         raise StorageError(f"could not {action} {target}: {exc.message or exc}") from exc
     except auth_exc.RefreshError as exc:
-        raise PermissionDenied(f"could not {action} {target}: credentials expired, run  {hint('gcs_auth')}  again") from exc
+        raise PermissionDenied(f"could not {action} {target}: credentials expired, run  ", do("auth"),
+                               "  again") from exc
 
 
 def _object_missing(target, exc, bucket) -> bool:

@@ -22,7 +22,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from colab_magics.errors import ColabMagicsError, CommandNotFound, InvalidBucketURL, InvalidInterval, RunDirError
+from colab_magics.errors import (
+    ColabMagicsError,
+    CommandNotFound,
+    InvalidBucketURL,
+    InvalidInterval,
+    RunDirError,
+    check_keep,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +57,19 @@ def run(
     Everything that can be refused (a missing command, a bad URL or interval, RUN_DIR a file, an
     unreachable bucket) is checked before the child starts, and raised as a ColabMagicsError.
     """
-    from colab_magics import archiver, runs, session, storage
+    from colab_magics import archiver, runs, session, storage, workers
+    from colab_magics.cli import dialect
 
     argv = resolve_command(command)
     location = storage.parse_url(destination)
     if every is not None:
         archiver.parse_interval(every)
     final_timeout = archiver.parse_interval(final_timeout)
-    if keep is not None and keep < 1:
-        raise ColabMagicsError("--keep must be at least 1: it counts the archives to keep, the new one included")
+    check_keep(keep)
     root = Path(run_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise RunDirError(f"RUN_DIR {root} is a file: give the directory the command writes its checkpoints into")
-    chief = archiver.is_chief()
+    chief = workers.is_chief()
     if resume:
         restored = runs.resume(root, location.url, settings=settings)
         _say(f"resumed from {restored.url} (step {restored.step})" if restored else restored.note)
@@ -82,7 +89,7 @@ def run(
         finally:
             current.registry.stop(child)
         summary = worker.stop(final=True, timeout=final_timeout)
-    _say(_describe(summary, final_timeout))
+    _say(_describe(summary, final_timeout, dialect()))
     return code
 
 
@@ -161,7 +168,7 @@ class _Forwarding:
                 pass
 
 
-def _describe(summary, final_timeout: float) -> str:
+def _describe(summary, final_timeout: float, words) -> str:
     if summary.skipped:
         return f"archiving skipped: {summary.skipped}"
     text = f"archived {summary.archives} checkpoint(s) of {summary.run} to {summary.destination}"
@@ -172,7 +179,7 @@ def _describe(summary, final_timeout: float) -> str:
     if summary.newest_step is not None and summary.newest_step != summary.last_step:
         text += f"; newest step {summary.newest_step} is NOT archived"
     if summary.failures:
-        text += f"; {summary.failures} failed attempt(s), last: {summary.last_error}"
+        text += f"; {summary.failures} failed attempt(s), last: {words.render(summary.last_error)}"
     if summary.pending:
         text += (f"; the final archive did not finish within {final_timeout:g} s and was abandoned "
                  "(an unfinished upload leaves nothing in the bucket)")
@@ -251,20 +258,20 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     _configure_logging()
-    from colab_magics import session
-    from colab_magics.magics import ColabMagics
+    from colab_magics import session, settings as user_settings
+    from colab_magics.cli import dialect
 
-    # the transfer settings of the magics, from COLAB_MAGICS_* (chunk size, retry deadline, progress)
-    settings = ColabMagics(shell=None).transfer_settings()
+    words = dialect()
     try:
+        settings = user_settings.from_env()  # COLAB_MAGICS_* (chunk size, retry deadline, progress)
         return run(options.run_dir, options.destination, command, every=options.every, resume=options.resume,
                    keep=options.keep, events=options.events, final_timeout=options.final_timeout,
                    settings=settings)
     except _USAGE_ERRORS as exc:
-        print(f"{PROG}: {exc} (see {PROG} --help)", file=sys.stderr)
+        print(f"{PROG}: {words.render(exc)} (see {PROG} --help)", file=sys.stderr)
         return 2
     except ColabMagicsError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {words.render(exc)}", file=sys.stderr)
         return 1
     finally:
         session.current().shutdown()

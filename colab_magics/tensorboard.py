@@ -19,7 +19,7 @@ from typing import Sequence
 
 from colab_magics import processes, session, tunnels
 from colab_magics.display import Link
-from colab_magics.errors import LogDirError, MissingDependency, RefusedTensorBoardFlag, TensorBoardError
+from colab_magics.errors import LogDirError, MissingDependency, Param, RefusedTensorBoardFlag, TensorBoardError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def check_extra_args(extra_args: Sequence[str]) -> None:
         if name.startswith("--") and len(name) > 3 and any(flag.startswith(name) for flag in _BINDING_FLAGS):
             raise RefusedTensorBoardFlag(
                 f"{name} is refused: TensorBoard listens on 127.0.0.1 only (it has no password); "
-                f"to reach it from elsewhere use a tunnel: --provider ngrok, cloudflared or ssh"
+                "to reach it from elsewhere use a tunnel: ", Param("provider", "ngrok"), ", cloudflared or ssh"
             )
 
 

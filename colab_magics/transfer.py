@@ -1,5 +1,5 @@
-"""Streaming plumbing of uploads and downloads: the settings, the upload stream, the checksumming
-tee and progress bars.
+"""Streaming plumbing of uploads and downloads: the upload stream, the checksumming tee and
+progress bars.
 
 An archive is written straight into the library's own `Blob.open("wb")` (`BlobWriter`), from the
 calling thread: no temporary file, no thread of ours, the library's resumable upload with its retry
@@ -19,30 +19,18 @@ drops them after a week); nothing appears under the name.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from typing import BinaryIO, Callable, TypeVar
 
 from colab_magics import storage
 from colab_magics.errors import UploadFailed
-from colab_magics.storage import DEFAULT_CHUNK_SIZE, RETRY_DEADLINE, MiB
+from colab_magics.settings import MiB, Settings
 
 PROGRESS_MIN_BYTES = 64 * MiB
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class TransferSettings:
-    """Knobs of uploads and downloads (filled from `%config ColabMagics.*` by the magics)."""
-
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    retry_deadline: float = RETRY_DEADLINE
-    progress: bool = True
-    restore_max_ratio: float = 200.0  # a restore writing more than this × the archive is refused (0: no cap)
-    restore_free_margin: int = 256 * MiB  # a restore leaves at least this much disk free
-
-
 def upload_stream(blob, write: Callable[[BinaryIO], T], *, content_type: str,
-                  if_generation_match: int | None, settings: TransferSettings) -> T:
+                  if_generation_match: int | None, settings: Settings) -> T:
     """Upload what `write(out)` writes into `out` as `blob`; return what `write` returned.
 
     The object is finalized only if `write` returns; if it raises, the upload is abandoned before
@@ -145,7 +133,7 @@ class Crc32cTee:
         return base64.b64encode(self._crc.digest()).decode()
 
 
-def progress_bar(total: int, desc: str, settings: TransferSettings):
+def progress_bar(total: int, desc: str, settings: Settings):
     if not settings.progress or total < PROGRESS_MIN_BYTES:
         return None
     from tqdm.auto import tqdm

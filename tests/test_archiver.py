@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from conftest import poll, run_cell
 
+from colab_magics.settings import Settings
 from colab_magics import archiver, checkpoints, runs
 
 STEP_BYTES = 64 * 1024
-NO_PROGRESS = runs.TransferSettings(progress=False)
+NO_PROGRESS = Settings(progress=False)
 
 
 def write_step(run_dir: Path, step: int, size: int = STEP_BYTES) -> Path:

@@ -9,12 +9,13 @@ import sys
 
 import pytest
 
+from colab_magics.settings import Settings
 from colab_magics import runs
 from conftest import poll
 
 pytestmark = pytest.mark.layouts
 
-NO_PROGRESS = runs.TransferSettings(progress=False)
+NO_PROGRESS = Settings(progress=False)
 
 
 def archive_names(bucket, prefix: str) -> set[str]:

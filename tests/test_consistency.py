@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from colab_magics.settings import Settings
 from colab_magics import packing, progress, runs
 from colab_magics.errors import ArchiveNotFound, CheckpointChanging, ColabMagicsError, RunDirError
 from conftest import poll, run_cell
 
 MiB = 1024 * 1024
-SETTINGS = runs.TransferSettings(chunk_size=8 * MiB, retry_deadline=10, progress=False)
-FAST = runs.TransferSettings(chunk_size=MiB, retry_deadline=5, progress=False)
+SETTINGS = Settings(chunk_size_mb=8, retry_deadline=10, progress=False)
+FAST = Settings(chunk_size_mb=1, retry_deadline=5, progress=False)
 
 
 def write(path: Path, data: bytes | int) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
+from colab_magics.settings import Settings
 from colab_magics import auth, runs, session
 from colab_magics.errors import ColabMagicsError
 from conftest import poll, start_fake_gcs
@@ -125,7 +126,7 @@ def test_an_emulator_frozen_mid_upload_fails_the_save_within_the_deadline(tmp_pa
         run_dir = tmp_path / "run1"
         run_dir.mkdir()
         (run_dir / "model-5.keras").write_bytes(os.urandom(48 * MiB))
-        settings = runs.TransferSettings(chunk_size=MiB, retry_deadline=DEADLINE, progress=False)
+        settings = Settings(chunk_size_mb=1, retry_deadline=DEADLINE, progress=False)
         outcome: dict[str, object] = {}
 
         def save() -> None:

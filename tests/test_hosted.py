@@ -202,10 +202,14 @@ def test_no_credentials_at_all_is_one_line(no_emulator, tmp_path, monkeypatch):
     monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{free_port()}")
 
-    with pytest.raises(NoCredentials, match="--emulator") as caught:
-        auth.authenticate()
+    with pytest.raises(NoCredentials, match=r"sign_in\(emulator=True\)") as caught:
+        auth.authenticate()  # a Python caller reads the call it can make
 
     one_line(caught.value)
+    from colab_magics import cli, magics
+
+    assert "%gcs_auth --emulator" in magics.DIALECT.render(caught.value)
+    assert "colab-magics auth --emulator" in cli.dialect().render(caught.value)
 
 
 # --- explicit beats implicit: the emulator belongs to the session --------------------------------

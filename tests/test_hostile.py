@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from colab_magics.settings import Settings
 from colab_magics import packing, restore, runs
 from colab_magics.errors import (
     ColabMagicsError,
@@ -43,8 +44,8 @@ from conftest import poll, run_cell
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
-FAST = runs.TransferSettings(chunk_size=MiB, retry_deadline=5, progress=False)
-NO_MARGIN = runs.TransferSettings(chunk_size=MiB, retry_deadline=5, progress=False, restore_free_margin=0)
+FAST = Settings(chunk_size_mb=1, retry_deadline=5, progress=False)
+NO_MARGIN = Settings(chunk_size_mb=1, retry_deadline=5, progress=False, restore_free_margin_mb=0)
 
 
 # --- what "untouched" means ---------------------------------------------------------------------
@@ -210,7 +211,7 @@ def test_a_zip_bomb_is_refused_before_a_byte_is_written(ip, bucket, tmp_path, ca
 CHILD_LOAD = textwrap.dedent("""
     import json, sys
     from colab_magics import runs
-    settings = runs.TransferSettings(chunk_size=1 << 20, retry_deadline=10, progress=False)
+    settings = Settings(chunk_size_mb=1, retry_deadline=10, progress=False)
     try:
         runs.load_run(sys.argv[1], sys.argv[2], settings=settings)
         outcome = "restored"
@@ -428,7 +429,7 @@ KILL_CHILD = textwrap.dedent("""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
     client = storage.Client(project="p", credentials=AnonymousCredentials())
-    settings = runs.TransferSettings(chunk_size=1 << 20, retry_deadline=10, progress=False)
+    settings = Settings(chunk_size_mb=1, retry_deadline=10, progress=False)
     print("go", flush=True)
     runs.load_run(sys.argv[1], sys.argv[2], settings=settings, client=client)
     print("done", flush=True)

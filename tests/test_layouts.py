@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
+from colab_magics.settings import Settings
 from colab_magics import checkpoints, runs
 from colab_magics.errors import NotRegularFile, RunDirError
 
 pytestmark = pytest.mark.layouts
 
-FAST = runs.TransferSettings(chunk_size=1024 * 1024, retry_deadline=10, progress=False)
+FAST = Settings(chunk_size_mb=1, retry_deadline=10, progress=False)
 SAVE_DEADLINE = 60  # seconds a save may take before the test calls it hung
 
 

@@ -16,10 +16,11 @@ import pytest
 from conftest import poll, run_cell
 from IPython.core.error import UsageError
 
+from colab_magics.settings import Settings
 from colab_magics import checkpoints, runs
 from tests.test_archiver import names, write_step
 
-NO_PROGRESS = runs.TransferSettings(progress=False)
+NO_PROGRESS = Settings(progress=False)
 
 
 def test_line_form_archives_across_cells_until_stop(ip, bucket, tmp_path, capsys):

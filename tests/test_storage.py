@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
+from colab_magics.settings import Settings
 from colab_magics import checkpoints, runs
 from colab_magics.errors import (
     ArchiveNotFound,
@@ -33,7 +34,7 @@ from colab_magics.errors import (
 )
 from conftest import free_port, poll, run_cell
 
-FAST = runs.TransferSettings(chunk_size=1024 * 1024, retry_deadline=5, progress=False)
+FAST = Settings(chunk_size_mb=1, retry_deadline=5, progress=False)
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -158,7 +159,7 @@ def test_existing_archive_is_skipped_unless_forced(bucket, tmp_path):
     first = runs.save_run(run_dir, bucket.name, settings=FAST)
     generation = bucket.get_blob("run1.3.zip").generation
     again = runs.save_run(run_dir, bucket.name, settings=FAST)
-    assert isinstance(again, runs.Skipped) and "--force" in again.reason
+    assert isinstance(again, runs.Skipped) and "force=" in str(again.reason)
     assert bucket.get_blob("run1.3.zip").generation == generation
     forced = runs.save_run(run_dir, bucket.name, force=True, settings=FAST)
     assert isinstance(forced, runs.Saved) and forced.url == first.url
@@ -284,14 +285,14 @@ def test_emulator_down_is_a_clear_error(gcs, monkeypatch, tmp_path):
     session.current().set_auth(auth.authenticate())
     run_dir, _ = keras_run(tmp_path / "run1")
     with pytest.raises(StorageUnreachable, match="does not answer"):
-        runs.save_run(run_dir, "gs://any-bucket", settings=runs.TransferSettings(retry_deadline=1, progress=False))
+        runs.save_run(run_dir, "gs://any-bucket", settings=Settings(retry_deadline=1, progress=False))
 
 
 # --- only complete objects ----------------------------------------------------------------------
 SAVE_SCRIPT = textwrap.dedent("""
     import sys
     from colab_magics import runs
-    settings = runs.TransferSettings(chunk_size=1024 * 1024, retry_deadline=30, progress=False)
+    settings = Settings(chunk_size_mb=1, retry_deadline=30, progress=False)
     print(runs.save_run(sys.argv[1], sys.argv[2], settings=settings), flush=True)
 """)
 
@@ -408,7 +409,7 @@ def test_an_endpoint_that_stays_down_fails_clearly_and_leaves_no_object(bucket, 
     run_dir = tmp_path / "run1"
     write(run_dir / "model-5.keras", 4 * 1024 * 1024)
     p = proxy(cut_after=2 * 1024 * 1024, cuts=1, then_down=True)
-    settings = runs.TransferSettings(chunk_size=1024 * 1024, retry_deadline=2, progress=False)
+    settings = Settings(chunk_size_mb=1, retry_deadline=2, progress=False)
     with pytest.raises(StorageUnreachable, match="does not answer"):
         runs.save_run(run_dir, bucket.name, settings=settings)
     assert bucket.get_blob("run1.5.zip") is None

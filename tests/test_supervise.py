@@ -17,9 +17,10 @@ import psutil
 import pytest
 from conftest import free_port, poll
 
+from colab_magics.settings import Settings
 from colab_magics import checkpoints, runs
 
-NO_PROGRESS = runs.TransferSettings(progress=False)
+NO_PROGRESS = Settings(progress=False)
 
 TRAIN = r"""
 import os, sys, time

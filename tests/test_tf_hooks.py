@@ -16,11 +16,12 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 np = pytest.importorskip("numpy")
 
+from colab_magics.settings import Settings
 from colab_magics import checkpoints, runs, tf_hooks  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
-NO_PROGRESS = runs.TransferSettings(progress=False)
+NO_PROGRESS = Settings(progress=False)
 
 
 def archives(bucket, prefix: str) -> set[str]:

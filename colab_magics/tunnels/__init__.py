@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from colab_magics import hosted, processes, session
-from colab_magics.errors import TunnelError, UnknownProvider
+from colab_magics.errors import Param, TunnelError, UnknownProvider, Words
 
 PROVIDERS = ("ngrok", "cloudflared", "ssh", "colab", "local")
 PUBLIC_PROVIDERS = ("ngrok", "cloudflared", "ssh")
@@ -34,7 +34,7 @@ class Tunnel:
     auth_user: str | None = None
     auth_password: str | None = field(default=None, repr=False)
     process: processes.Tracked | None = field(default=None, compare=False, repr=False)
-    notes: tuple[str, ...] = ()
+    notes: tuple[str | Words, ...] = ()
     inline: bool = False  # the notebook can show the port inside the cell's output (Colab)
     proxy: object | None = field(default=None, compare=False, repr=False)  # authproxy.AuthProxy, if any
 
@@ -95,29 +95,29 @@ def choose_provider(requested: str | None = None) -> tuple[str, tuple[str, ...]]
         provider_module(requested)  # validates the name
         notes: tuple[str, ...] = ()
         if hosted.in_colab() and requested in PUBLIC_PROVIDERS:
-            notes = ("Public tunnel from Colab: Colab's terms discourage public proxies; "
-                     "--provider colab stays private to your Google account.",)
+            notes = (Words("Public tunnel from Colab: Colab's terms discourage public proxies; ",
+                           Param("provider", "colab"), " stays private to your Google account."),)
         return requested, notes
     if hosted.in_colab():
         return "colab", ()
     if ngrok_token():
         return "ngrok", ()
-    return "local", ("Reachable from this machine only: for a link that works elsewhere use "
-                     "--provider ngrok (set NGROK_AUTHTOKEN), cloudflared or ssh.",)
+    return "local", (Words("Reachable from this machine only: for a link that works elsewhere use ",
+                           Param("provider", "ngrok"), " (set NGROK_AUTHTOKEN), cloudflared or ssh."),)
 
 
 def parse_auth(auth: str) -> tuple[str, str]:
-    """USER:PASSWORD as given to --auth."""
+    """USER:PASSWORD as given to the `auth` parameter."""
     user, sep, password = auth.partition(":")
     if not sep or not user or not password:
-        raise TunnelError("--auth takes USER:PASSWORD (both non-empty)")
+        raise TunnelError(Param("auth"), " takes USER:PASSWORD (both non-empty)")
     return user, password
 
 
 def check_auth(provider: str, options: TunnelOptions) -> None:
     """Refuse contradicting wishes (every provider can ask for a password: through an AuthProxy)."""
     if options.auth and options.no_auth:
-        raise TunnelError("--auth and --no-auth contradict each other: pass one of them")
+        raise TunnelError(Param("auth"), " and ", Param("no_auth"), " contradict each other: pass one of them")
 
 
 def password_expected(provider: str, options: TunnelOptions) -> bool:
@@ -186,13 +186,13 @@ def _open_behind_proxy(module, port: int, options: TunnelOptions) -> Tunnel:
     return replace(tunnel, port=port, auth_user=user, auth_password=password, proxy=proxy)
 
 
-def describe(opened: Tunnel | Reopened) -> list[str]:
+def describe(opened: Tunnel | Reopened) -> list[str | Words]:
     """The lines shown under a tunnel's link: credentials only when it was just opened."""
     tunnel = opened.tunnel if isinstance(opened, Reopened) else opened
     lines = []
     if tunnel.protected and isinstance(opened, Reopened):
-        lines.append(f"Asks for user {tunnel.auth_user!r} and the password shown when it was opened "
-                     f"(--stop, then run again, for a new one).")
+        lines.append(Words(f"Asks for user {tunnel.auth_user!r} and the password shown when it was opened (",
+                           Param("stop"), ", then run again, for a new one)."))
     elif tunnel.protected:
         lines.append(f"User: {tunnel.auth_user}   Password: {tunnel.auth_password}   "
                      f"(shown once: note it now)")

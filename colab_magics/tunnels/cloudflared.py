@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from colab_magics import processes
-from colab_magics.errors import TunnelError, TunnelInstallError
+from colab_magics.errors import Param, TunnelError, TunnelInstallError, Words
 from colab_magics.tunnels import Tunnel, TunnelOptions
 
 URL_PATTERN = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")
@@ -37,7 +37,7 @@ DOWNLOAD_URL = "https://github.com/cloudflare/cloudflared/releases/download/{ver
 DOWNLOAD_URL_ENV = "COLAB_MAGICS_CLOUDFLARED_URL"  # a mirror: same {version}/{arch} template, same checksum
 DOWNLOAD_TIMEOUT = 30.0
 PROBE_INTERVAL = 0.5
-NO_AUTH_NOTE = "No password (--no-auth): anyone with this URL can see TensorBoard."
+NO_AUTH_NOTE = Words("No password (", Param("no_auth"), "): anyone with this URL can see TensorBoard.")
 
 
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
@@ -61,7 +61,7 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
     if not processes.wait_until(lambda: _reaches_origin(url), interval=PROBE_INTERVAL,
                                 timeout=max(0.0, deadline - time.monotonic()), tracked=tracked):
         _give_up(tracked, f"printed {url} but it did not answer within {options.timeout:.0f} s (its edge "
-                          f"connection never came up: UDP/QUIC may be blocked here; try --provider ngrok)")
+                          "connection never came up: UDP/QUIC may be blocked here; try ", Param("provider", "ngrok"), ")")
     return Tunnel(url=url, provider="cloudflared", port=port, process=tracked,
                   notes=(NO_AUTH_NOTE,) if options.no_auth else ())
 
@@ -73,13 +73,13 @@ def _reaches_origin(url: str) -> bool:
     return status is not None and status < 500
 
 
-def _give_up(tracked: processes.Tracked, what: str) -> None:
+def _give_up(tracked: processes.Tracked, *what: object) -> None:
     tail = tracked.output_tail()
     died = not tracked.alive()
     processes.registry.stop(tracked)
     if died:
-        what = f"exited with code {tracked.popen.returncode}"
-    raise TunnelError(f"cloudflared {what}: {_last_line(tail)}")
+        what = (f"exited with code {tracked.popen.returncode}",)
+    raise TunnelError("cloudflared ", *what, f": {_last_line(tail)}")
 
 
 def close(tunnel: Tunnel) -> None:

@@ -9,7 +9,7 @@ VS Code or a script has no frontend to answer at all.
 from __future__ import annotations
 
 from colab_magics import hosted
-from colab_magics.errors import TunnelError
+from colab_magics.errors import Param, TunnelError, Words
 from colab_magics.tunnels import Tunnel, TunnelOptions
 
 PRIVATE_NOTE = "Shown above, private to your Google account; the link opens only in this browser."
@@ -18,13 +18,14 @@ PRIVATE_NOTE = "Shown above, private to your Google account; the link opens only
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
     """The proxy URL Colab gives `port`, or the local URL with a note when no frontend answers."""
     if not hosted.in_colab():
-        raise TunnelError("the colab provider works only inside Google Colab: "
-                          "use --provider ngrok, cloudflared, ssh or local here")
+        raise TunnelError("the colab provider works only inside Google Colab: use ", Param("provider", "ngrok"),
+                          ", cloudflared, ssh or local here")
     wait = min(options.timeout, hosted.PROXY_TIMEOUT)
     url = hosted.colab_proxy_url(port, timeout=wait)
     if url is None:
-        note = (f"No Colab frontend answered within {wait:.0f} s (a runtime driven from VS Code or a "
-                f"script?): for a link that works there use --provider ngrok or --provider cloudflared.")
+        note = Words(f"No Colab frontend answered within {wait:.0f} s (a runtime driven from VS Code or a "
+                     "script?): for a link that works there use ", Param("provider", "ngrok"), " or ",
+                     Param("provider", "cloudflared"), ".")
         return Tunnel(url=f"http://127.0.0.1:{port}/", provider="colab", port=port, inline=True, notes=(note,))
     return Tunnel(url=url, provider="colab", port=port, inline=True, notes=(PRIVATE_NOTE,))
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colab_magics import processes, session
-from colab_magics.errors import MissingDependency, NoTunnelToken, TunnelError, TunnelInstallError
+from colab_magics.errors import MissingDependency, NoTunnelToken, Param, TunnelError, TunnelInstallError
 from colab_magics.tunnels import Tunnel, TunnelOptions, credentials, ngrok_token
 
 log = logging.getLogger(__name__)
 
 TOKEN_HELP = ("ngrok needs an authtoken: set NGROK_AUTHTOKEN (or a Colab/Kaggle secret of that name) "
-              "from https://dashboard.ngrok.com/get-started/your-authtoken, or use --provider cloudflared")
+              "from https://dashboard.ngrok.com/get-started/your-authtoken, or use ", Param("provider", "cloudflared"))
 
 
 @dataclass
@@ -106,9 +106,9 @@ def validate(options: TunnelOptions) -> None:
     """pyngrok installed, an authtoken available, a password ngrok accepts."""
     _pyngrok()
     if not ngrok_token():
-        raise NoTunnelToken(TOKEN_HELP)
+        raise NoTunnelToken(*TOKEN_HELP)
     if options.auth is not None and not 8 <= len(options.auth[1]) <= 128:
-        raise TunnelError("ngrok needs a basic-auth password of 8 to 128 characters: change --auth")
+        raise TunnelError("ngrok needs a basic-auth password of 8 to 128 characters: change ", Param("auth"))
 
 
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
@@ -211,7 +211,7 @@ def _bounded(call, agent: _Agent, timeout: float, token: str):
         worker.join(5)
         _end_agent(agent)
         raise TunnelError(f"the ngrok agent did not start a tunnel within {timeout:.0f} s: "
-                          f"check your network, or try --provider cloudflared")
+                          "check your network, or try ", Param("provider", "cloudflared"))
     if "error" in outcome:
         _end_agent(agent)
         message = _short(outcome["error"]).replace(token, "***")

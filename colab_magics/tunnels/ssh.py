@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from colab_magics import processes
-from colab_magics.errors import TunnelError
+from colab_magics.errors import Param, TunnelError, Words
 from colab_magics.tunnels import Tunnel, TunnelOptions
 
 TARGET = re.compile(r"^(?P<user>[^@\s]+)@(?P<host>[^:\s]+)(?::(?P<port>\d+))?$")
@@ -26,17 +26,17 @@ def parse_target(target: str) -> tuple[str, str, int]:
     """user@host[:port] → (user, host, port)."""
     match = TARGET.match(target or "")
     if not match:
-        raise TunnelError(f"--ssh takes user@host[:port], not {target!r}")
+        raise TunnelError(Param("ssh"), f" takes user@host[:port], not {target!r}")
     return match["user"], match["host"], int(match["port"] or 22)
 
 
 def validate(options: TunnelOptions) -> None:
     """--ssh is required and well formed; the key file exists."""
     if not options.ssh_target:
-        raise TunnelError("the ssh provider needs --ssh user@host[:port]")
+        raise TunnelError("the ssh provider needs ", Param("ssh", "user@host[:port]"))
     parse_target(options.ssh_target)
     if options.ssh_key and not Path(options.ssh_key).expanduser().is_file():
-        raise TunnelError(f"--ssh-key {options.ssh_key}: no such file")
+        raise TunnelError(Param("ssh_key", options.ssh_key), ": no such file")
 
 
 def build_argv(port: int, options: TunnelOptions) -> list[str]:
@@ -86,8 +86,8 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
         processes.wait_until(lambda: "url" in state, timeout=URL_GRACE, tracked=tracked)
     remote_port = state.get("remote_port", options.remote_port)
     url = options.url or state.get("url") or f"http://{host}:{remote_port}/"
-    notes = ("No password (--no-auth): anyone who reaches this URL sees TensorBoard, unless the server "
-             "adds protection.",) if options.no_auth else ()
+    notes = (Words("No password (", Param("no_auth"), "): anyone who reaches this URL sees TensorBoard, unless "
+                   "the server adds protection."),) if options.no_auth else ()
     return Tunnel(url=str(url), provider="ssh", port=port, process=tracked, notes=notes)
 
 
