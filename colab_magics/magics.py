@@ -110,6 +110,8 @@ class ColabMagics(Magics):
     emulator_dir = _setting("emulator_dir")
     restore_max_ratio = _setting("restore_max_ratio")
     restore_free_margin_mb = _setting("restore_free_margin_mb")
+    streams = _setting("streams")
+    restore_max_files = _setting("restore_max_files")
     tunnel_provider = _setting("tunnel_provider")
     tensorboard_timeout = _setting("tensorboard_timeout")
     ngrok_bin_dir = _setting("ngrok_bin_dir")

@@ -37,6 +37,10 @@ class Settings:
                                                "times its own size (a zip bomb); 0: no cap.")
     restore_free_margin_mb: int = _setting(256, "%gcs_load refuses an archive that would leave less than this many "
                                                 "MiB free on TARGET_DIR's disk.")
+    streams: int = _setting(16, "Parallel connections of one save or restore (parts composed into one object, "
+                                "ranged reads); 1: a single stream.")
+    restore_max_files: int = _setting(100_000, "%gcs_load refuses an archive of more members than this "
+                                               "(each file costs an inode and a write, whatever its size).")
     tunnel_provider: str = _setting("", "Default provider of %tensorboard_tunnel (ngrok, cloudflared, ssh, colab, "
                                         "local); empty: colab inside Colab, ngrok when NGROK_AUTHTOKEN is set, "
                                         "else local.")
