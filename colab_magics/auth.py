@@ -73,7 +73,7 @@ def authenticate(
 ) -> AuthInfo:
     """Find credentials in the documented order and return who they are and where requests go."""
     if key_file and emulator:
-        raise AuthError(Param("key_file"), " and ", Param("emulator"), " contradict each other: pass one of them")
+        raise AuthError(Param("key_file"), " and ", Param("emulator", True), " contradict each other: pass one of them")
     if key_file:
         return _file_auth(Path(key_file).expanduser(), project)
     if emulator:

@@ -152,7 +152,7 @@ def mount(
     started = time.monotonic()
     if (location or storage_class) and not create:
         raise MountError(Param("location"), " and ", Param("storage_class"), " apply to a new bucket: add ",
-                         Param("create"))
+                         Param("create", True))
     location_url = storage.parse_url(bucket)
     bucket = location_url.bucket
     if location_url.path:
@@ -389,7 +389,7 @@ def _backend(name: str | None, install: bool) -> tuple[str, str]:
         if found:
             return found, "gcsfuse"
         if name == "gcsfuse":
-            raise MountBackendMissing("gcsfuse is not installed: add ", Param("install"), " to install it from "
+            raise MountBackendMissing("gcsfuse is not installed: add ", Param("install", True), " to install it from "
                                       "Google's apt repository (Debian/Ubuntu, root), or use ", Param("backend", "rclone"))
     return ensure_rclone(), "rclone"
 
@@ -494,7 +494,7 @@ def _ensure_bucket(client, bucket: str, *, create: bool, location: str | None, s
     if storage.bucket_exists(client, where, deadline):
         return False
     if not create:
-        raise BucketNotFound(f"bucket gs://{bucket} does not exist: add ", Param("create"), " to make it (with ",
+        raise BucketNotFound(f"bucket gs://{bucket} does not exist: add ", Param("create", True), " to make it (with ",
                              Param("location"), " and ", Param("storage_class"), "), or check the name")
     new = client.bucket(bucket)
     if storage_class:

@@ -196,7 +196,7 @@ def save_run(
         with storage.translated_errors(target, "check"):
             if blob.exists(**storage.request_options(settings.retry_deadline)):
                 return Skipped(target.url, run, ckpt.step,
-                               Words("already in the bucket (use ", Param("force"), " to replace it)"),
+                               Words("already in the bucket (use ", Param("force", True), " to replace it)"),
                                ckpt.step_from)
     started = time.monotonic()
     manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "step_from": ckpt.step_from,

@@ -7,7 +7,9 @@ The emulator is started here with plain subprocess (not through colab_magics' re
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -117,6 +119,25 @@ def ip(shell):
     yield shell
     shell.run_line_magic("unload_ext", "colab_magics")
     shell.config.pop("ColabMagics", None)  # %config values a test set stay with that test
+
+
+@contextlib.contextmanager
+def raises_worded(kind, match: str):
+    """pytest.raises for a service's error, matched against its words in a notebook (the magics'
+    dialect: `--create`, `%gcs_auth --emulator`), where a Python caller reads `create=True`."""
+    from colab_magics.magics import DIALECT
+
+    with pytest.raises(kind) as caught:
+        yield caught
+    words = DIALECT.render(caught.value)
+    assert re.search(match, words), f"{match!r} not in {words!r}"
+
+
+def notebook_words(said) -> str:
+    """An error or note as a notebook shows it."""
+    from colab_magics.magics import DIALECT
+
+    return DIALECT.render(said)
 
 
 def run_cell(shell, code: str):

@@ -51,7 +51,7 @@ def test_ssh_tunnels_ask_for_a_generated_password(sshd, tb_port):  # noqa: F811
         assert tunnel.protected and tunnel.auth_user == "tensorboard" and len(tunnel.auth_password) >= 16
         assert_password_protected(tunnel.url, (tunnel.auth_user, tunnel.auth_password))
         assert tunnel.proxy.port != tb_port and tunnel.port == tb_port
-        assert "User: tensorboard   Password: " in tunnels.describe(tunnel)[0]
+        assert "User: tensorboard   Password: " in str(tunnels.describe(tunnel)[0])
     finally:
         tunnels.close_tunnel(tunnel)
     assert refused(tunnel.proxy.port)
@@ -64,7 +64,7 @@ def test_cloudflared_tunnels_ask_for_the_users_password(tb_port, trycloudflare):
     try:
         edge = re.search(r"standin edge: (\S+)", tunnel.process.output_tail()).group(1)
         assert_password_protected(edge + "/", ("ana", "correct horse"))
-        assert not any("anyone with this URL" in note for note in tunnel.notes)
+        assert not any("anyone with this URL" in str(note) for note in tunnel.notes)
     finally:
         tunnels.close_tunnel(tunnel)
 
@@ -76,7 +76,7 @@ def test_cloudflared_without_a_password_only_when_asked(tb_port, trycloudflare):
         status, body = get(edge + "/")
         assert status == 200 and is_tensorboard_page(body)
         assert tunnel.proxy is None and not tunnel.protected
-        assert any("anyone with this URL" in note for note in tunnel.notes)
+        assert any("anyone with this URL" in str(note) for note in tunnel.notes)
     finally:
         tunnels.close_tunnel(tunnel)
 

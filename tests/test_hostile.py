@@ -211,6 +211,7 @@ def test_a_zip_bomb_is_refused_before_a_byte_is_written(ip, bucket, tmp_path, ca
 CHILD_LOAD = textwrap.dedent("""
     import json, sys
     from colab_magics import runs
+    from colab_magics.settings import Settings
     settings = Settings(chunk_size_mb=1, retry_deadline=10, progress=False)
     try:
         runs.load_run(sys.argv[1], sys.argv[2], settings=settings)
@@ -426,6 +427,7 @@ def test_a_created_target_follows_the_umask_and_an_existing_one_keeps_its_mode(g
 KILL_CHILD = textwrap.dedent("""
     import sys
     from colab_magics import runs
+    from colab_magics.settings import Settings
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
     client = storage.Client(project="p", credentials=AnonymousCredentials())

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from IPython.core.error import UsageError
 
-from conftest import poll, run_cell
+from conftest import poll, run_cell, raises_worded
 
 from colab_magics import mount, processes, session
 from colab_magics.errors import (
@@ -136,7 +136,7 @@ def test_mounting_again_with_the_same_arguments_reuses_the_mount(bucket, mount_p
 
 def test_create_makes_a_missing_bucket(gcs, mount_point):
     name = f"created-{uuid.uuid4().hex[:10]}"
-    with pytest.raises(BucketNotFound, match="--create"):
+    with raises_worded(BucketNotFound, "--create"):
         mount.mount(name, mount_point, backend="rclone")
     assert not mounted(mount_point) and not processes.registry.all()
 
@@ -186,7 +186,7 @@ def test_unmount_leaves_no_process_and_no_mount(bucket, mount_point):
     assert not mounted(mount_point)
     assert not psutil.pid_exists(result.pid) or psutil.Process(result.pid).status() == psutil.STATUS_ZOMBIE
     assert not backend_processes(mount_point) and not processes.registry.all()
-    with pytest.raises(NotMounted, match="--list"):
+    with raises_worded(NotMounted, "--list"):
         mount.unmount(mount_point)
 
 
@@ -210,7 +210,7 @@ def test_mounts_are_unmounted_when_the_interpreter_exits(emulator_host, bucket, 
 
 # --- errors a user can run into ---------------------------------------------------------------------
 def test_missing_bucket_suggests_create(gcs, mount_point):
-    with pytest.raises(BucketNotFound, match=r"gs://no-such-bucket-\w+ does not exist: add --create"):
+    with raises_worded(BucketNotFound, r"gs://no-such-bucket-\w+ does not exist: add --create"):
         mount.mount(f"no-such-bucket-{uuid.uuid4().hex[:8]}", mount_point, backend="rclone")
 
 
@@ -227,7 +227,7 @@ def test_mount_point_already_a_mount(gcs, bucket, mount_point):
     other = gcs.create_bucket(f"other-{uuid.uuid4().hex[:10]}")
     mount.mount(bucket.name, mount_point, backend="rclone")
 
-    with pytest.raises(MountPointBusy, match="already a mount point.*--unmount"):
+    with raises_worded(MountPointBusy, "already a mount point.*--unmount"):
         mount.mount(other.name, mount_point, backend="rclone")
 
 
@@ -249,7 +249,7 @@ def test_fuse_unavailable(bucket, mount_point, tmp_path, monkeypatch):
     # simulated: the module's documented FUSE_DEVICE points at a path that does not exist
     monkeypatch.setattr(mount, "FUSE_DEVICE", str(tmp_path / "no-fuse"))
 
-    with pytest.raises(FuseUnavailable, match="FUSE is not available here .*--device /dev/fuse"):
+    with raises_worded(FuseUnavailable, "FUSE is not available here .*--device /dev/fuse"):
         mount.mount(bucket.name, mount_point, backend="rclone")
     assert not processes.registry.all()
 
@@ -309,7 +309,7 @@ def test_gcsfuse_install_without_internet_fails_clearly(monkeypatch):
     monkeypatch.setattr(mount, "GCSFUSE_APT_KEY_URL", f"http://127.0.0.1:{free_port()}/apt/doc/apt-key.gpg")
     sources_before = Path(mount.GCSFUSE_SOURCES).exists()
 
-    with pytest.raises(MountBackendInstallFailed, match="could not download Google's apt key .*--backend rclone"):
+    with raises_worded(MountBackendInstallFailed, "could not download Google's apt key .*--backend rclone"):
         mount.install_gcsfuse()
     assert Path(mount.GCSFUSE_SOURCES).exists() == sources_before  # nothing half-configured
 
@@ -317,7 +317,7 @@ def test_gcsfuse_install_without_internet_fails_clearly(monkeypatch):
 def test_gcsfuse_backend_missing_names_the_fix(bucket, mount_point, monkeypatch):
     if shutil.which("gcsfuse"):
         pytest.skip("gcsfuse is installed")
-    with pytest.raises(MountError, match="gcsfuse is not installed: add --install .* or use --backend rclone"):
+    with raises_worded(MountError, "gcsfuse is not installed: add --install .* or use --backend rclone"):
         mount.mount(bucket.name, mount_point, backend="gcsfuse")
 
 
@@ -366,11 +366,11 @@ def test_magic_mounts_lists_and_unmounts(ip, bucket, mount_point):
 
 
 def test_magic_errors_are_one_line_usage_errors(ip, gcs, mount_point):
-    with pytest.raises(UsageError, match="does not exist: add --create"):
+    with raises_worded(UsageError, "does not exist: add --create"):
         ip.run_line_magic("gcsfuse_mount", f"missing-{uuid.uuid4().hex[:8]} {mount_point} --backend rclone")
     with pytest.raises(UsageError, match="give a BUCKET"):
         ip.run_line_magic("gcsfuse_mount", "")
-    with pytest.raises(UsageError, match="apply to a new bucket: add --create"):
+    with raises_worded(UsageError, "apply to a new bucket: add --create"):
         ip.run_line_magic("gcsfuse_mount", f"some-bucket {mount_point} --location EU")
     assert not mounted(mount_point)
 

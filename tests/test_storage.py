@@ -292,6 +292,7 @@ def test_emulator_down_is_a_clear_error(gcs, monkeypatch, tmp_path):
 SAVE_SCRIPT = textwrap.dedent("""
     import sys
     from colab_magics import runs
+    from colab_magics.settings import Settings
     settings = Settings(chunk_size_mb=1, retry_deadline=30, progress=False)
     print(runs.save_run(sys.argv[1], sys.argv[2], settings=settings), flush=True)
 """)

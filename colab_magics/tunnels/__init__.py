@@ -117,7 +117,7 @@ def parse_auth(auth: str) -> tuple[str, str]:
 def check_auth(provider: str, options: TunnelOptions) -> None:
     """Refuse contradicting wishes (every provider can ask for a password: through an AuthProxy)."""
     if options.auth and options.no_auth:
-        raise TunnelError(Param("auth"), " and ", Param("no_auth"), " contradict each other: pass one of them")
+        raise TunnelError(Param("auth"), " and ", Param("no_auth", True), " contradict each other: pass one of them")
 
 
 def password_expected(provider: str, options: TunnelOptions) -> bool:
@@ -192,7 +192,7 @@ def describe(opened: Tunnel | Reopened) -> list[str | Words]:
     lines = []
     if tunnel.protected and isinstance(opened, Reopened):
         lines.append(Words(f"Asks for user {tunnel.auth_user!r} and the password shown when it was opened (",
-                           Param("stop"), ", then run again, for a new one)."))
+                           Param("stop", True), ", then run again, for a new one)."))
     elif tunnel.protected:
         lines.append(f"User: {tunnel.auth_user}   Password: {tunnel.auth_password}   "
                      f"(shown once: note it now)")

@@ -37,7 +37,7 @@ DOWNLOAD_URL = "https://github.com/cloudflare/cloudflared/releases/download/{ver
 DOWNLOAD_URL_ENV = "COLAB_MAGICS_CLOUDFLARED_URL"  # a mirror: same {version}/{arch} template, same checksum
 DOWNLOAD_TIMEOUT = 30.0
 PROBE_INTERVAL = 0.5
-NO_AUTH_NOTE = Words("No password (", Param("no_auth"), "): anyone with this URL can see TensorBoard.")
+NO_AUTH_NOTE = Words("No password (", Param("no_auth", True), "): anyone with this URL can see TensorBoard.")
 
 
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)

@@ -86,7 +86,7 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
         processes.wait_until(lambda: "url" in state, timeout=URL_GRACE, tracked=tracked)
     remote_port = state.get("remote_port", options.remote_port)
     url = options.url or state.get("url") or f"http://{host}:{remote_port}/"
-    notes = (Words("No password (", Param("no_auth"), "): anyone who reaches this URL sees TensorBoard, unless "
+    notes = (Words("No password (", Param("no_auth", True), "): anyone who reaches this URL sees TensorBoard, unless "
                    "the server adds protection."),) if options.no_auth else ()
     return Tunnel(url=str(url), provider="ssh", port=port, process=tracked, notes=notes)
 
