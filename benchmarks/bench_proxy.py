@@ -32,7 +32,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from test_tensorboard import write_events  # noqa: E402  (TensorBoard's own writer, no TF)
 
-from colab_magics.processes import free_port, http_ok, wait_until  # noqa: E402
+from colab_magics.net import free_port, http_ok  # noqa: E402
+from colab_magics.processes import wait_until  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "proxy.json"
 USER, PASSWORD = "tensorboard", "bench-password-0123456789"

@@ -6,7 +6,7 @@
 1. Overhead. The CPU-bound loop of bench_archive.py (float32 matmuls on one BLAS thread, a
    `--ckpt-mib` checkpoint every `--ckpt-every` s, temporary file + rename, last three kept) runs as a
    plain script and as `colab-magics run RUN gs://bench/N --every ARCHIVE_EVERY -- python train.py`
-   (through `python -m colab_magics.supervise`), in back-to-back pairs with alternating order.
+   (through `python -m colab_magics.cli run`), in back-to-back pairs with alternating order.
    Reported: the median over pairs of the training loop's time ratio (target ≤ 1.03) and of the whole
    job's (which adds start-up and the final archive).
 2. Preemption. A script writes one `--final-gib` GiB checkpoint (incompressible) and is SIGTERMed
@@ -78,7 +78,7 @@ def child_env(host: str) -> dict:
 def one_run(op: str, script: Path, run_dir: Path, args, steps: int, index: int, host: str) -> dict:
     command = [sys.executable, str(script), str(run_dir), str(steps), str(args.ckpt_every), str(args.ckpt_mib * MiB)]
     if op == "supervised":
-        command = [sys.executable, "-m", "colab_magics.supervise", str(run_dir), f"gs://{BUCKET}/{index}",
+        command = [sys.executable, "-m", "colab_magics.cli", "run", str(run_dir), f"gs://{BUCKET}/{index}",
                    "--every", args.archive_every, "--"] + command
     started = time.perf_counter()
     proc = subprocess.run(command, env=child_env(host), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
@@ -125,7 +125,7 @@ def preemption(args, host: str, scratch: Path) -> dict:
     if args.final_chunk_mib:
         env["COLAB_MAGICS_CHUNK_SIZE_MB"] = str(args.final_chunk_mib)
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "colab_magics.supervise", str(run_dir), f"gs://{BUCKET}/big",
+        proc = subprocess.Popen([sys.executable, "-m", "colab_magics.cli", "run", str(run_dir), f"gs://{BUCKET}/big",
                                  "--every", "1h", "--", sys.executable, str(script), str(run_dir), str(size)],
                                 env=env, stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from colab_magics import workers
+from colab_magics import auth, checkpoints, chief, runs, session, storage
 from colab_magics.errors import (
     AlreadyArchiving,
     ColabMagicsError,
@@ -57,11 +57,6 @@ def parse_interval(text: str | float | int) -> float:
 
 
 DEFAULT_EVERY = parse_interval(DEFAULTS.every)
-
-
-# --- who archives in multi-worker training: colab_magics.workers (kept here under the old names)
-not_chief_reason = workers.not_chief_reason
-is_chief = workers.is_chief
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -107,8 +102,6 @@ class Archiver:
         exclude: tuple[str, ...] = (),
         include: tuple[str, ...] = (),
     ):
-        from colab_magics import storage
-
         self.run_dir = Path(run_dir).expanduser()
         self.location = storage.parse_url(destination)  # fails fast on a bad URL, before training
         self.every = None if every is None else parse_interval(every)
@@ -131,6 +124,16 @@ class Archiver:
         self._candidate: tuple | None = None
         self._done: set[int] = set()
         self._summary = ArchiveSummary(self.location.url, self.run_dir.name)
+        self.background = False  # started by start_background: the session finds it by its run dir
+        self._session: session.Session | None = None  # the session tracking it while it runs
+        self._closing_deadline: float | None = None
+
+    closes_at = session.CLOSES_AT["archiver"]
+
+    @property
+    def key(self):
+        """How the session knows it: its run directory (background ones), else itself."""
+        return self.run_dir.absolute() if self.background else self
 
     # public API ---------------------------------------------------------------------------------
     @property
@@ -141,19 +144,17 @@ class Archiver:
         """Start watching (or, on a non-chief worker, log one line and do nothing)."""
         if self._thread is not None:
             return self
-        reason = workers.not_chief_reason()
+        reason = chief.not_chief_reason()
         if reason:
             log.info("not the chief worker (%s): archiving of %s skipped", reason, self.run_dir)
             self._summary = _replace(self._summary, skipped=f"not the chief worker ({reason})")
             return self
         if self._client is None:  # resolved here, not in the worker: auth may need the main thread
-            from colab_magics import session
-
-            self._client = session.current().storage_client()
+            self._client = auth.storage_client()
         self._next_allowed = time.monotonic() + self._delay
         self._thread = threading.Thread(target=self._run, name="colab-magics-archiver", daemon=True)
-        _session().active_archivers.add(id(self), self)
-        _session().arm()  # SIGTERM/SIGHUP flush this archiver first
+        self._session = session.current()
+        self._session.track(self, self.key)  # SIGTERM/SIGHUP and exit flush it first
         self._thread.start()
         return self
 
@@ -197,8 +198,8 @@ class Archiver:
             self._summary = _replace(self._summary, pending=True)
             raise
         finally:
-            _session().active_archivers.remove(id(self), self)
-            _session().disarm_if_idle()
+            if self._session is not None:
+                self._session.untrack(self, self.key)
         if thread.is_alive():
             log.warning("the final archive of %s did not finish within %.0f s: it goes on in the background",
                         self.run_dir, timeout)
@@ -207,6 +208,22 @@ class Archiver:
 
     def summary(self) -> ArchiveSummary:
         return self._summary
+
+    # the session's shutdown (atexit, SIGTERM, SIGHUP, %unload_ext) ------------------------------
+    def begin_close(self, reason: str) -> None:
+        """Start the final archive now; every archiver of the session starts its own at once."""
+        if not self.active:
+            return
+        log.warning("%s: archiving the newest step of %s before exiting", reason, self.run_dir)
+        self._closing_deadline = time.monotonic() + self.last_chance_timeout
+        with self._lock:
+            self._stopping, self._final = True, True
+        self._wake.set()
+
+    def close(self, urgent: bool = False) -> None:
+        """Stop after a final archive, within `last_chance_timeout` of `begin_close`."""
+        deadline = self._closing_deadline or time.monotonic() + self.last_chance_timeout
+        self.stop(final=True, timeout=max(deadline - time.monotonic(), 0.0))
 
     def __enter__(self) -> "Archiver":
         return self.start()
@@ -256,8 +273,6 @@ class Archiver:
 
     def _attempt(self, settle: bool) -> None:
         """Archive the newest step if it is new (and, when `settle`, unchanged since the last poll)."""
-        from colab_magics import runs
-
         ckpt = self._newest()
         if ckpt is None or ckpt.step in self._done:
             return
@@ -301,8 +316,6 @@ class Archiver:
         self._summary = _replace(self._summary, failures=self._summary.failures + 1, last_error=message)
 
     def _unchanged(self, candidate: tuple) -> bool:
-        from colab_magics import checkpoints
-
         try:
             return candidate == (candidate[0], _signature(checkpoints.find_checkpoint(
                 self.run_dir, candidate[0], exclude=self.exclude, include=self.include).files))
@@ -310,8 +323,6 @@ class Archiver:
             return False  # deleted meanwhile (a saver keeping only the last few)
 
     def _newest(self):
-        from colab_magics import checkpoints
-
         try:
             return checkpoints.find_checkpoint(self.run_dir, exclude=self.exclude, include=self.include)
         except (NoCheckpointFound, RunDirError):
@@ -343,52 +354,31 @@ def start_background(run_dir: str | os.PathLike, destination: str, every: float 
 
     One per run directory: a second one for the same directory is refused (AlreadyArchiving).
     """
-    archivers = _session().archivers
     key = Path(run_dir).expanduser().absolute()
-    existing = archivers.get(key)
+    existing = session.current().get(Archiver, key)
     if existing is not None and existing.active:
         raise AlreadyArchiving(f"{key} is already archived in the background to {existing.location.url}: ",
                                do("archive_stop", str(key)), " first")
-    worker = Archiver(key, destination, every, **options).start()
-    if worker.active:  # not the chief: nothing to keep; else the shutdown's flush gives it its final archive
-        archivers[key] = worker
-    return worker
+    worker = Archiver(key, destination, every, **options)
+    worker.background = True  # tracked under its run dir while it runs; the shutdown gives it a final archive
+    return worker.start()
 
 
 def background() -> list[Archiver]:
     """The session's background archivers (started by `start_background`), oldest first."""
-    return list(_session().archivers.values())
+    return [a for a in session.current().items(Archiver) if a.background]
 
 
 def stop_background(run_dir: str | os.PathLike | None = None, timeout: float = FINAL_TIMEOUT) -> list[ArchiveSummary]:
     """Stop the background archiver of `run_dir` (every one when None) after a final archive each."""
-    archivers = _session().archivers
-    keys = list(archivers) if run_dir is None else [Path(run_dir).expanduser().absolute()]
-    if run_dir is not None and keys[0] not in archivers:
-        raise ColabMagicsError(f"{keys[0]} is not archived in the background: ", do("archive_status"),
-                               " shows what is")
+    if run_dir is None:
+        found_workers = background()
+    else:
+        key = Path(run_dir).expanduser().absolute()
+        found = session.current().get(Archiver, key)
+        if found is None:
+            raise ColabMagicsError(f"{key} is not archived in the background: ", do("archive_status"),
+                                   " shows what is")
+        found_workers = [found]
     deadline = time.monotonic() + timeout  # one deadline for all of them, as the last-chance flush
-    return [archivers.pop(key).stop(final=True, timeout=max(deadline - time.monotonic(), 0.0)) for key in keys]
-
-
-# --- last-chance flush: the session's shutdown (atexit, SIGTERM, SIGHUP) while an archiver runs --
-def flush(session, reason: str) -> None:
-    """Final archive of every active archiver of `session`, all within one `last_chance_timeout`.
-
-    The first step of `Session.shutdown()`: interpreter exit, SIGTERM and SIGHUP archive the
-    newest step before anything else is ended. The line form's archivers are among them.
-    """
-    archivers = session.active_archivers.values()
-    if not archivers:
-        return
-    deadline = time.monotonic() + max(a.last_chance_timeout for a in archivers)
-    for archiver in archivers:
-        log.warning("%s: archiving the newest step of %s before exiting", reason, archiver.run_dir)
-        archiver.stop(final=True, timeout=max(deadline - time.monotonic(), 0.0))
-    session.archivers.clear()
-
-
-def _session():
-    from colab_magics import session
-
-    return session.current()
+    return [w.stop(final=True, timeout=max(deadline - time.monotonic(), 0.0)) for w in found_workers]

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from colab_magics import emulator as emulator_mod
-from colab_magics import hosted
-from colab_magics.errors import AuthError, NoCredentials, Param, do
+from colab_magics import hosted, session
+from colab_magics.errors import AuthError, NoCredentials, Param, check_argument, do
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,31 @@ def sign_in(
 ) -> AuthInfo:
     """`%gcs_auth`, `gcloud_auth()` and `colab-magics auth`: authenticate, make the result the
     session's credentials and (not for the emulator) the gcloud CLI's default project."""
-    from colab_magics import session
-
     info = authenticate(project, key_file=key_file, emulator=emulator, emulator_root=emulator_root)
     session.current().set_auth(info)
     if info.project and info.method != "emulator":
         set_gcloud_project(info.project)
     return info
+
+
+def storage_client(within=None):
+    """The google-cloud-storage client of a session (the current one by default) for its credentials,
+    made on first use; with no credentials chosen yet, they are found in the documented order."""
+    within = within or session.current()
+    with within.lock:
+        if within.client is None:
+            if within.auth is None:
+                within.auth = authenticate()
+            within.client = make_client(within.auth)
+        return within.client
+
+
+def use_project(project: str | None, call: str = "project") -> None:
+    """colab_utils' functions took a project: authenticate with it unless credentials were chosen already."""
+    check_argument(call, "project", project, (str, type(None)), "a project id (str)")
+    current = session.current()
+    if project and current.auth is None:
+        current.set_auth(authenticate(project))
 
 
 def make_client(info: AuthInfo):

@@ -20,6 +20,8 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from colab_magics import session
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024  # the most read at once: answers are copied through in pieces, never held whole
@@ -44,6 +46,9 @@ class AuthProxy:
         self._server: ThreadingHTTPServer | None = None
         self._port: int | None = None
         self._thread: threading.Thread | None = None
+        self._session = None  # the session that tracks it while it serves
+
+    closes_at = session.CLOSES_AT["proxy"]
 
     @property
     def credentials(self) -> tuple[str, str]:
@@ -63,31 +68,28 @@ class AuthProxy:
         return f"AuthProxy(127.0.0.1:{self._port or '-'} -> 127.0.0.1:{self.target_port}, user={self.user!r})"
 
     def start(self) -> "AuthProxy":
-        """Listen on a free loopback port and serve from a daemon thread; recorded on the Session."""
-        from colab_magics import session
-
+        """Listen on a free loopback port and serve from a daemon thread; tracked by the session
+        (closed at its shutdown, after the tunnels)."""
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         server.daemon_threads = True
         self._server, self._port = server, server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                                         name=f"colab-magics-authproxy:{self.port}", daemon=True)
         self._thread.start()
-        session.current().auth_proxies.append(self)  # ended by Session.shutdown (after the tunnels)
+        self._session = session.current()
+        self._session.track(self)
         return self
 
-    def stop(self) -> None:
+    def close(self, urgent: bool = False) -> None:
         """Stop listening and close the socket (connections being served end with their thread)."""
-        from colab_magics import session
-
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
             server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        proxies = session.current().auth_proxies
-        if self in proxies:
-            proxies.remove(self)
+        if self._session is not None:
+            self._session.untrack(self)
 
     def alive(self) -> bool:
         return self._server is not None and self._thread is not None and self._thread.is_alive()
@@ -95,14 +97,6 @@ class AuthProxy:
     def authorized(self, header: str | None) -> bool:
         """True when an Authorization header carries our user and password (constant-time compare)."""
         return hmac.compare_digest((header or "").strip().encode(), self._expected)
-
-
-def stop_all() -> None:
-    """Stop every proxy of the session (a step of its shutdown, once the tunnels are closed)."""
-    from colab_magics import session
-
-    for proxy in list(session.current().auth_proxies):
-        proxy.stop()
 
 
 def _handler_for(proxy: AuthProxy):

@@ -78,7 +78,13 @@ COMMANDS = {
          "colab-magics tunnel runs --provider local -- --reload_interval 5"),
         foreground=True,
     ),
-    "run": Command(None, "Run a training command, archiving its run directory; final archive on exit/preemption."),
+    "run": Command(
+        None, "Run a training command, archiving its run directory; final archive on exit/preemption.",
+        "Run CMD while the newest checkpoint in RUN_DIR is archived to a bucket; archive once more when "
+        "it ends (preempted, killed or done) and exit with its code (128+N when signal N ended it).",
+        ("colab-magics run runs/run1 gs://my-bucket/exp --every 10m --resume -- python train.py",
+         "colab-magics --emulator run runs/run1 gs://local-bucket -- python train.py --epochs 3"),
+    ),
 }
 _RETURNS_AT_ONCE = {"--list", "--unmount", "--stop"}  # foreground commands that only look or undo
 
@@ -123,18 +129,63 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
-    """The help of `colab-magics NAME`: the magic's own arguments, with words written for a shell."""
+    """The parser and help of `colab-magics NAME`: the magic's own arguments (`run`: its own), with
+    words written for a shell, and the global options."""
     from colab_magics.magics import ColabMagics
 
     command = COMMANDS[name]
     examples = "\n".join(f"  {line}" for line in command.examples)
+    parents = [getattr(ColabMagics, command.magic).parser] if command.magic else []
     parser = _Parser(
         prog=f"colab-magics {name}", description=textwrap.fill(command.description, 79),
-        epilog=f"examples:\n{examples}" if examples else None,
-        parents=[getattr(ColabMagics, command.magic).parser], conflict_handler="resolve",
+        epilog=f"examples:\n{examples}" if examples else None, parents=parents, conflict_handler="resolve",
+        usage=_RUN_USAGE if name == "run" else None,
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
+    if name == "run":
+        _run_arguments(parser)
     return _global_options(parser)
+
+
+_RUN_USAGE = "colab-magics run RUN_DIR gs://BUCKET[/PREFIX] [options] -- CMD [ARGS...]"
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    from colab_magics.settings import DEFAULTS
+
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="The directory the command writes checkpoints into.")
+    parser.add_argument("destination", metavar="gs://BUCKET[/PREFIX]", help="Where the RUN.STEP.zip archives go.")
+    parser.add_argument("--every", metavar="INTERVAL", type=_interval,
+                        help=f"Shortest time between two archives: 90, 30s, 10m, 1h (default: the `every` "
+                             f"setting, {DEFAULTS.every}).")
+    parser.add_argument("--resume", action="store_true",
+                        help="First restore the run's latest archive into RUN_DIR (none yet: a fresh start).")
+    parser.add_argument("--keep", type=_count, metavar="N", help="After each archive, delete all but the newest N.")
+    parser.add_argument("--events", action="store_true",
+                        help="Also archive every events.out.tfevents.* below RUN_DIR.")
+    parser.add_argument("--final-timeout", type=_interval, metavar="INTERVAL",
+                        help=f"How long the final archive may take after the command ends (default: the "
+                             f"`final_timeout` setting, {DEFAULTS.final_timeout:g}s).")
+
+
+def _interval(text: str) -> float:
+    from colab_magics.archiver import parse_interval
+    from colab_magics.errors import InvalidInterval
+
+    try:
+        return parse_interval(text)
+    except InvalidInterval as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of archives to keep (1 or more)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,15 +272,70 @@ def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | 
 
 
 def _run_supervised(args: list[str], *, emulator: bool, project: str | None) -> int:
-    from colab_magics import auth, session, supervise
+    """`colab-magics run`: 0.. the command's exit code; 1 a failure before it started; 2 bad usage."""
+    from colab_magics import auth, session, settings, supervise
     from colab_magics.errors import ColabMagicsError
 
-    if emulator or project:
-        try:
-            session.current().set_auth(auth.authenticate(project, emulator=emulator))
-        except ColabMagicsError as exc:
-            return _failure("run", dialect().render(exc))
-    return supervise.cli_main(args)
+    cut = args.index("--") if "--" in args else len(args)
+    command = args[cut + 1:]
+    try:
+        options, extra = command_parser("run").parse_known_args(args[:cut])
+        if "--" not in args and extra:
+            raise Misuse(f"no command: put it after --, as in  -- {' '.join(extra[:3])}")
+        if extra:
+            raise Misuse(f"unrecognized arguments: {' '.join(extra)}")
+        if not command:
+            raise Misuse("no command: put it after --, e.g. -- python train.py")
+    except Misuse as exc:
+        return _misuse("run", str(exc))
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    _log_to_stderr("colab-magics run")
+    words = dialect()
+    try:
+        if emulator or project or options.emulator or options.project:
+            session.current().set_auth(auth.authenticate(options.project or project,
+                                                         emulator=emulator or options.emulator))
+        done = supervise.run(options.run_dir, options.destination, command, every=options.every,
+                             resume=options.resume, keep=options.keep, events=options.events,
+                             final_timeout=options.final_timeout, settings=settings.from_env())
+    except supervise.USAGE_ERRORS as exc:
+        return _misuse("run", words.render(exc))
+    except ColabMagicsError as exc:
+        return _failure("run", words.render(exc))
+    print(f"colab-magics run: {_describe_supervised(done, words)}", file=sys.stderr, flush=True)
+    return done.code
+
+
+def _describe_supervised(done, words) -> str:
+    summary = done.summary
+    if summary.skipped:
+        return f"archiving skipped: {summary.skipped}"
+    text = f"archived {summary.archives} checkpoint(s) of {summary.run} to {summary.destination}"
+    if summary.last_url:
+        text += f"; last step {summary.last_step}: {summary.last_url}"
+    else:
+        text += "; nothing archived yet" if summary.pending else "; no checkpoint found"
+    if summary.newest_step is not None and summary.newest_step != summary.last_step:
+        text += f"; newest step {summary.newest_step} is NOT archived"
+    if summary.failures:
+        text += f"; {summary.failures} failed attempt(s), last: {words.render(summary.last_error)}"
+    if summary.pending:
+        text += (f"; the final archive did not finish within {done.final_timeout:g} s and was abandoned "
+                 "(an unfinished upload leaves nothing in the bucket)")
+    return text
+
+
+def _log_to_stderr(prefix: str) -> None:
+    """The archiver's progress (INFO) and warnings on stderr, prefixed: this is a program, not a library."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
+    package = logging.getLogger("colab_magics")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
 
 
 def _misuse(command: str | None, message: str) -> int:

@@ -13,8 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from colab_magics import processes
-from colab_magics.errors import EmulatorError, MissingDependency
+from colab_magics import net, session
+from colab_magics.errors import EmulatorError, HelperNotReady, MissingDependency
 
 START_TIMEOUT = 20.0
 DEFAULT_BUCKET = "local-bucket"  # every emulator we start has it, so a first save needs no setup
@@ -55,7 +55,7 @@ def binary_path() -> Path:
 
 def answers(host: str, timeout: float = 1.0) -> bool:
     """True when the emulator at `host` answers its bucket listing."""
-    return processes.http_ok(f"{host}/storage/v1/b", timeout)
+    return net.http_ok(f"{host}/storage/v1/b", timeout)
 
 
 def create_bucket(host: str, name: str) -> None:
@@ -83,7 +83,7 @@ def command(port: int, data_dir: Path | None = None) -> list[str]:
 
 def start(root: Path | None = None, *, port: int | None = None) -> Emulator:
     """Start an emulator (filesystem backend under `root`, in memory when root is None)."""
-    port = port or processes.free_port()
+    port = port or net.free_port()
     host = f"http://127.0.0.1:{port}"
     if root is None:
         argv, log_path = command(port), None
@@ -91,17 +91,12 @@ def start(root: Path | None = None, *, port: int | None = None) -> Emulator:
         root = Path(root)
         (root / "data").mkdir(parents=True, exist_ok=True)
         argv, log_path = command(port, root / "data"), root / "emulator.log"
-    tracked = processes.registry.start(argv, name="gcs-emulator", log_path=log_path)
-    if not processes.wait_until(lambda: answers(host), timeout=START_TIMEOUT, tracked=tracked):
-        tail = tracked.output_tail(5)
-        processes.registry.stop(tracked)
-        raise EmulatorError(
-            f"the local GCS emulator did not answer on {host} within {START_TIMEOUT:.0f} s"
-            + (f": {tail.splitlines()[-1]}" if tail else "")
-        )
-    from colab_magics import session
-
-    session.current().emulator_process = tracked  # ended last at shutdown, after what uses it
+    try:  # ended last at shutdown, after what writes to it (archivers' final archives, mounts)
+        tracked, _ = session.current().processes.start_ready(
+            argv, name="gcs-emulator", ready=lambda: answers(host), timeout=START_TIMEOUT, log_path=log_path,
+            ends_last=True)
+    except HelperNotReady as exc:
+        raise EmulatorError(f"the local GCS emulator on {host} {exc.explained}") from None
     create_bucket(host, DEFAULT_BUCKET)
     if root is not None:
         (root / "emulator.json").write_text(json.dumps({"host": host, "pid": tracked.pid}))

@@ -179,6 +179,28 @@ class MissingDependency(ColabMagicsError):
         self.extra = extra
 
 
+# --- helper processes ----------------------------------------------------------------------------
+class HelperNotReady(ColabMagicsError):
+    """A helper process we started died, or was not ready in time; it has been ended. Services turn
+    this into their own error (TensorBoardError, EmulatorError, ...) with `explained` in it."""
+
+    def __init__(self, name: str, argv: list[str], returncode: int | None, tail: str, timeout: float,
+                 last: str = ""):
+        self.name, self.argv, self.returncode, self.tail, self.timeout = name, argv, returncode, tail, timeout
+        self.last = last  # its last output lines, on one line
+        super().__init__(f"{name} {self.explained}")
+
+    @property
+    def died(self) -> bool:
+        return self.returncode is not None
+
+    @property
+    def explained(self) -> str:
+        """"exited with code 1: LAST | LINES" or "was not ready within 20 s: LAST | LINES"."""
+        what = f"exited with code {self.returncode}" if self.died else f"was not ready within {self.timeout:.0f} s"
+        return f"{what}: {self.last or '(no output)'}"
+
+
 # --- auth -------------------------------------------------------------------------------------
 class AuthError(ColabMagicsError):
     """Credentials could not be found or used."""

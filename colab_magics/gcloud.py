@@ -14,7 +14,7 @@ import importlib.util
 import os
 
 from colab_magics import auth as _auth
-from colab_magics import runs, session, storage
+from colab_magics import mount, runs, session, storage
 from colab_magics.errors import AuthError, InvalidArgument, check_argument
 
 _TF_NAMES = ("SaverWithCallback", "GcsArchiveHook")
@@ -73,14 +73,6 @@ def config_project(project_id: str | None = None) -> str:
     return info.project
 
 
-def use_project(project: str | None, call: str = "project") -> None:
-    """colab_utils' functions took a project: authenticate with it unless %gcs_auth already ran."""
-    check_argument(call, "project", project, _TEXT_OR_NONE, "a project id (str)")
-    current = session.current()
-    if project and current.auth is None:
-        current.set_auth(_auth.authenticate(project))
-
-
 def save_to_bucket(
     train_dir: str | os.PathLike,
     bucket: str,
@@ -111,7 +103,7 @@ def save_to_bucket(
     check_argument(call, "save_events", save_events, (bool,), "True or False")
     check_argument(call, "force", force, (bool,), "True or False")
     check_argument(call, "keep", keep, (int, type(None)), "a number of archives (int)")
-    use_project(project_id if project_id is not None else project_name, call)
+    _auth.use_project(project_id if project_id is not None else project_name, call)
     result = runs.save_run(train_dir, bucket, step=step, events=save_events, force=force, keep=keep,
                            run_name=basename)
     return result.url
@@ -166,13 +158,11 @@ def gcsfuse(
     """
     import time
 
-    from colab_magics import mount
-
     call = "gcsfuse"
     check_argument(call, "bucket", bucket, _TEXT_OR_NONE, "a bucket name (str) or None")
     check_argument(call, "gcs_class", gcs_class, (str,), "a storage class such as 'regional' (str)")
     check_argument(call, "gcs_location", gcs_location, (str,), "a location such as 'asia-east1' (str)")
-    use_project(project_id, call)
+    _auth.use_project(project_id, call)
     name = bucket or f"gcsfuse-{int(time.time())}"
     return mount.mount(name, create=True, location=gcs_location, storage_class=gcs_class).mount_point
 

@@ -299,7 +299,7 @@ class ColabMagics(Magics):
             %tensorboard_tunnel runs --stop
         """
         from colab_magics import tensorboard, tunnels
-        from colab_magics.display import Link, Table, TableList, show
+        from colab_magics.display import Table, TableList, show
 
         args, extra = parse(self.tensorboard_tunnel, line, passthrough=True)
         if args.list:
@@ -321,8 +321,7 @@ class ColabMagics(Magics):
         served = tensorboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
                               port=args.port, extra_args=extra, timeout=self.tensorboard_timeout)
         tensorboard.inline_view(served)
-        show(Link(served.url, f"TensorBoard ({served.provider}) for {served.logdir}",
-                  [self.dialect.render(note) for note in served.notes]))
+        show(served.link(self.dialect.render))
         return served.url
 
     # --- mounts ---------------------------------------------------------------------------------
@@ -408,7 +407,7 @@ class ColabMagics(Magics):
         the cell ends — normally, with an error or by the Stop button — the newest step is archived
         before the cell's exception is raised again, unchanged. Upload failures are logged and
         retried; they never stop training. Non-chief workers (TF_CONFIG, RANK, Horovod, MPI, SLURM,
-        JAX multi-host, torch.distributed: see colab_magics.workers) archive nothing.
+        JAX multi-host, torch.distributed: see colab_magics.chief) archive nothing.
         SIGTERM and interpreter exit during the cell also archive the newest step first.
 
         The line form starts the same worker and returns at once: it archives while any later cell

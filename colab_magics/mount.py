@@ -1,6 +1,6 @@
 """A bucket on the local filesystem: `gcsfuse` when installed, else `rclone mount`, over FUSE.
 
-Both backends run as tracked child processes (`processes.registry`) and use the credentials chosen
+Both backends run as tracked child processes (the session's process registry) and use the credentials chosen
 by `%gcs_auth`: the local emulator (anonymous, custom endpoint), a service-account key file, or
 Application Default Credentials. rclone is configured only through `RCLONE_CONFIG_<NAME>_*`
 environment variables of its own process — no config file, nothing secret in argv.
@@ -8,7 +8,7 @@ environment variables of its own process — no config file, nothing secret in a
 `mount()` returns only when the mount is live (listed in /proc/mounts and a listing through it
 works). Mounts made here outlive the cell and are unmounted by `unmount()` and the session's
 shutdown (`%unload_ext`, interpreter exit, SIGTERM/SIGHUP); they are recorded in
-`session.current().mounts`. If the interpreter is killed, the backend gets SIGTERM from the kernel
+the session (`Mount`, closed at its shutdown). If the interpreter is killed, the backend gets SIGTERM from the kernel
 (PR_SET_PDEATHSIG) and unmounts; a mount left dead anyway ("Transport endpoint is not connected")
 is cleaned by the next `mount()` at that place. Unmounting waits for rclone to finish its uploads: rclone runs with
 `--vfs-write-back 0s` so a closed file is uploaded at once, and rclone exits only after uploads in
@@ -31,8 +31,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from colab_magics import processes, session
+from colab_magics import auth, processes, session, storage
 from colab_magics.errors import (
+    HelperNotReady,
     BucketNotFound,
     FuseUnavailable,
     MountBackendDied,
@@ -58,6 +59,8 @@ DEFAULT_ROOT = "/tmp/gcs-bucket"
 READY_TIMEOUT = 30.0
 #: Seconds `unmount()` waits for the backend to finish uploading and exit.
 UNMOUNT_TIMEOUT = 600.0
+#: Seconds mounts may take to finish their uploads when a signal (not the user) ends the session.
+URGENT_UNMOUNT_TIMEOUT = 30.0
 #: Seconds an apt-get step may take.
 APT_TIMEOUT = 600.0
 #: The rclone remote name, defined only in the environment of the rclone process.
@@ -96,6 +99,26 @@ class Mounted:
         return f"gs://{self.bucket}/{self.only_dir}" if self.only_dir else f"gs://{self.bucket}"
 
 
+@dataclass(eq=False)
+class Mount:
+    """A mount this session made: its backend process, tracked by the session under its mount point."""
+
+    target: Path
+    tracked: processes.Tracked
+    closes_at = session.CLOSES_AT["mount"]
+
+    def close(self, urgent: bool = False) -> None:
+        """Unmount once pending uploads are done; a mount in use is detached lazily and a backend
+        still uploading after the timeout is ended: nothing stays mounted."""
+        try:
+            unmount(self.target, timeout=URGENT_UNMOUNT_TIMEOUT if urgent else UNMOUNT_TIMEOUT)
+        except MountError as exc:
+            log.warning("%s; detaching it lazily", exc)
+            if _mount_entry(self.target) is not None:
+                _unmount_path(self.target, lazy=True)
+            _forget(self)
+
+
 @dataclass(frozen=True)
 class Unmounted:
     """A mount that was removed; `ours` is False for a mount this interpreter did not start."""
@@ -120,8 +143,6 @@ class ActiveMount:
 # --- public API ---------------------------------------------------------------------------------
 def default_mount_point(bucket: str) -> Path:
     """DEFAULT_ROOT/BUCKET for a bucket name or gs://BUCKET[/DIR] URL."""
-    from colab_magics import storage
-
     return Path(DEFAULT_ROOT) / storage.parse_url(bucket).bucket
 
 
@@ -147,8 +168,6 @@ def mount(
     `retry_deadline` bounds the bucket check against an endpoint that does not answer (default
     `storage.EXISTS_CHECK_DEADLINE`).
     """
-    from colab_magics import storage
-
     started = time.monotonic()
     if (location or storage_class) and not create:
         raise MountError(Param("location"), " and ", Param("storage_class"), " apply to a new bucket: add ",
@@ -165,16 +184,16 @@ def mount(
     executable, backend = _backend(backend, install)
     check_fuse()
 
-    client = session.current().storage_client()
+    client = auth.storage_client()
     info = session.current().auth
     if backend == "rclone":
         argv, env = rclone_command(executable, bucket, target, info, only_dir=only_dir, read_only=read_only)
     else:
         argv, env = gcsfuse_command(executable, bucket, target, info, only_dir=only_dir, read_only=read_only)
 
-    existing = _tracked(target)
-    if existing is not None and existing.alive() and existing.argv == argv and _mount_entry(target):
-        return Mounted(bucket, str(target), backend, existing.pid, only_dir, read_only, reused=True,
+    existing = _mount_of(target)
+    if existing is not None and existing.tracked.argv == argv and _mount_entry(target):
+        return Mounted(bucket, str(target), backend, existing.tracked.pid, only_dir, read_only, reused=True,
                        seconds=time.monotonic() - started)
     _check_mount_point(target)
     created = _ensure_bucket(client, bucket, create=create, location=location, storage_class=storage_class,
@@ -184,22 +203,19 @@ def mount(
 
     log_path = Path(tempfile.gettempdir()) / "colab_magics-mounts" / (_slug(target) + ".log")
     log_path.unlink(missing_ok=True)
-    tracked = processes.registry.start(argv, name=_PROCESS_PREFIX + str(target), env=env, log_path=log_path)
-    _mounts().add(str(target), tracked)
-    ready = processes.wait_until(lambda: _mount_entry(target) is not None and _lists(target),
-                                 timeout=timeout, interval=0.05, tracked=tracked)
-    if not ready:
-        died = not tracked.alive()
-        _abandon(tracked, target)
-        tail = tracked.output_tail(10)
-        if died:
-            raise MountBackendDied(
-                f"{backend} exited with code {tracked.popen.returncode} before gs://{bucket} was mounted "
-                f"at {target}; its last output:\n{_indent(tail)}",
-                argv=argv, returncode=tracked.popen.returncode, tail=tail,
-            )
-        raise MountTimeout(f"gs://{bucket} was not usable at {target} after {timeout:.0f} s; "
-                           f"{backend}'s last output:\n{_indent(tail or '(nothing)')}")
+    try:
+        tracked, _ = session.current().processes.start_ready(
+            argv, name=_PROCESS_PREFIX + str(target), ready=lambda: _mount_entry(target) is not None and _lists(target),
+            timeout=timeout, env=env, log_path=log_path)
+    except HelperNotReady as exc:
+        _undo_half_mount(target)
+        if exc.died:
+            raise MountBackendDied(f"{backend} exited with code {exc.returncode} before gs://{bucket} was mounted "
+                                   f"at {target}: {exc.last or '(no output)'}",
+                                   argv=argv, returncode=exc.returncode, tail=exc.tail) from None
+        raise MountTimeout(f"gs://{bucket} was not usable at {target} after {timeout:.0f} s: "
+                           f"{backend} said {exc.last or 'nothing'}") from None
+    session.current().track(Mount(target, tracked), str(target))
     log.info("mounted gs://%s at %s with %s (pid %d)", bucket, target, backend, tracked.pid)
     return Mounted(bucket, str(target), backend, tracked.pid, only_dir, read_only, created_bucket=created,
                    seconds=time.monotonic() - started)
@@ -209,53 +225,36 @@ def unmount(mount_point: str | os.PathLike, *, timeout: float = UNMOUNT_TIMEOUT)
     """Unmount, then wait (up to `timeout`) for the backend to finish its uploads and exit."""
     started = time.monotonic()
     target = _resolve(mount_point)
-    tracked = _tracked(target)
+    ours = _mount_of(target)
     entry = _mount_entry(target)
-    if entry is None and tracked is None:
+    if entry is None and ours is None:
         raise NotMounted(f"{target} is not mounted: ", do("mounts"), " shows the active mounts")
     backend = _FSTYPES.get(entry[2]) if entry else None
     if entry is not None:
         _unmount_path(target)
-    if tracked is not None:
-        backend = backend or ("rclone" if "rclone" in Path(tracked.argv[0]).name else "gcsfuse")
+    if ours is not None:
+        backend = backend or ("rclone" if "rclone" in Path(ours.tracked.argv[0]).name else "gcsfuse")
         try:
-            tracked.popen.wait(timeout=timeout)
+            ours.tracked.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise MountTimeout(
                 f"{target} is unmounted but {backend} is still uploading after {timeout:.0f} s; it keeps "
                 "running: wait, then run ", do("unmount", str(target)),
                 " again (ending the interpreter now may lose files)"
             ) from None
-        _mounts().remove(str(target), tracked)
-        processes.registry.stop(tracked)
+        _forget(ours)
     log.info("unmounted %s", target)
-    return Unmounted(str(target), backend, tracked is not None, time.monotonic() - started)
+    return Unmounted(str(target), backend, ours is not None, time.monotonic() - started)
 
 
-def unmount_all(timeout: float = UNMOUNT_TIMEOUT, *, lazy_fallback: bool = False) -> list[Unmounted]:
-    """Unmount every mount this session made.
-
-    With `lazy_fallback` (the shutdown path), a mount in use is detached lazily (`fusermount -uz`)
-    and a backend still uploading after `timeout` is ended: nothing stays mounted.
-    """
-    done = []
-    for where, tracked in _mounts().items():
-        try:
-            done.append(unmount(where, timeout=timeout))
-        except MountError as exc:
-            if not lazy_fallback:
-                raise
-            log.warning("%s; detaching it lazily", exc)
-            if _mount_entry(Path(where)) is not None:
-                _unmount_path(Path(where), lazy=True)
-            _mounts().remove(where, tracked)
-            processes.registry.stop(tracked)
-    return done
+def unmount_all(timeout: float = UNMOUNT_TIMEOUT) -> list[Unmounted]:
+    """Unmount every mount this session made (waiting up to `timeout` for each one's uploads)."""
+    return [unmount(m.target, timeout=timeout) for m in session.current().items(Mount)]
 
 
 def active_mounts() -> list[ActiveMount]:
     """Bucket mounts now in /proc/mounts (rclone and gcsfuse), ours marked by their pid."""
-    ours = {where: t.pid for where, t in _mounts().items() if t.alive()}
+    ours = {str(m.target): m.tracked.pid for m in session.current().items(Mount) if m.tracked.alive()}
     result = []
     for source, where, fstype, options in _proc_mounts():
         if fstype in _FSTYPES or where in ours:
@@ -404,7 +403,7 @@ def _apt_install(packages: list[str], *, update_first: bool = False) -> None:
         code, tail = _run(install, env=env)
     if code != 0:
         raise MountBackendInstallFailed(
-            f"apt-get could not install {' '.join(packages)} (exit code {code}):\n{_indent(tail)}"
+            f"apt-get could not install {' '.join(packages)} (exit code {code}): {processes.last_lines(tail)}"
         )
 
 
@@ -412,16 +411,16 @@ def _run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float =
     """Run a short helper command through the registry; (exit code, last output lines)."""
     with tempfile.TemporaryDirectory(prefix="colab_magics-") as tmp:
         try:
-            tracked = processes.registry.start(argv, name=Path(argv[0]).name, env=env,
+            tracked = session.current().processes.start(argv, name=Path(argv[0]).name, env=env,
                                                log_path=Path(tmp) / "output.log")
         except FileNotFoundError:
             return 127, f"{argv[0]}: not found"
         try:
             tracked.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            processes.registry.stop(tracked)
+            tracked.stop()
             return -1, f"{' '.join(argv)} did not finish within {timeout:.0f} s"
-        processes.registry.stop(tracked)
+        tracked.stop()
         return tracked.popen.returncode, tracked.output_tail(10)
 
 
@@ -488,8 +487,6 @@ def _check_mount_point(target: Path) -> None:
 def _ensure_bucket(client, bucket: str, *, create: bool, location: str | None, storage_class: str | None,
                    project: str | None, deadline: float) -> bool:
     """True if the bucket was created; BucketNotFound (suggesting --create) if missing."""
-    from colab_magics import storage
-
     where = storage.GcsPath(bucket)
     if storage.bucket_exists(client, where, deadline):
         return False
@@ -507,15 +504,13 @@ def _ensure_bucket(client, bucket: str, *, create: bool, location: str | None, s
     return True
 
 
-def _abandon(tracked: processes.Tracked, target: Path) -> None:
-    """Undo a mount that never became usable: unmount if it got that far, end the process."""
+def _undo_half_mount(target: Path) -> None:
+    """A mount that never became usable: unmount it if it got that far (its process is ended)."""
     if _mount_entry(target) is not None:
         try:
             _unmount_path(target)
         except MountError as exc:
             log.warning("could not unmount %s: %s", target, exc)
-    _mounts().remove(str(target), tracked)
-    processes.registry.stop(tracked)
 
 
 def _unmount_path(target: Path, *, lazy: bool = False) -> None:
@@ -534,22 +529,21 @@ def _unmount_path(target: Path, *, lazy: bool = False) -> None:
                 f"cannot unmount {target}: it is in use (a file is open there, or a working directory is "
                 "inside it, e.g. after %cd): close it, %cd elsewhere, and retry"
             )
-    raise MountError(f"could not unmount {target}:\n{_indent(tail)}")
+    raise MountError(f"could not unmount {target}: {processes.last_lines(tail) or '(no output)'}")
 
 
-def _mounts():
-    """Mount point → backend process of every mount this session made: `session.current().mounts`."""
-    return session.current().mounts
-
-
-def _tracked(target: Path) -> processes.Tracked | None:
-    """Our live backend for `target`; one that died is forgotten."""
-    tracked = _mounts().get(str(target))
-    if tracked is not None and not tracked.alive():
-        _mounts().remove(str(target), tracked)
-        processes.registry.stop(tracked)
+def _mount_of(target: Path) -> Mount | None:
+    """Our live mount at `target`; one whose backend died is forgotten."""
+    ours = session.current().get(Mount, str(target))
+    if ours is not None and not ours.tracked.alive():
+        _forget(ours)
         return None
-    return tracked
+    return ours
+
+
+def _forget(mount: Mount) -> None:
+    session.current().untrack(mount, str(mount.target))
+    mount.tracked.stop()
 
 
 def _dead(target: Path, timeout: float = 2.0) -> bool:
@@ -605,7 +599,3 @@ def _resolve(path: str | os.PathLike) -> Path:
 
 def _slug(target: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(target)).strip("_") or "root"
-
-
-def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines()) or "  (no output)"

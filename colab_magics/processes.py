@@ -4,12 +4,14 @@ One place starts processes (list argv, never a shell; secrets only through `env`
 them (SIGTERM to the process group, then SIGKILL after a deadline), so no TensorBoard, tunnel agent,
 rclone or emulator outlives the interpreter, `%unload_ext` or `--stop`.
 
-The registry lives on the session (`session.current().processes`; `processes.registry` is that).
+The registry lives on the session (`session.current().processes`). `start_ready` is the one way
+to start a helper and wait until it is ready (TensorBoard, the emulator, mounts, tunnel agents): on
+death or timeout it ends the process and raises `HelperNotReady` with its exit code and last lines.
 Even when the interpreter dies without cleaning up (SIGKILL, the OOM killer), its children die with
 it: each is started with PR_SET_PDEATHSIG=SIGTERM. The kernel sends that signal when the *thread*
 that forked the child ends, so children are forked by the main thread or by one long-lived spawner
-thread, never by a short-lived worker. A process started by a library (pyngrok's ngrok agent) gets
-a small watchdog child of ours instead, which has PDEATHSIG and ends the process when we die.
+thread, never by a short-lived worker. Nothing is started by a library behind our back: the ngrok
+agent too is ours (`tunnels.ngrok`).
 """
 
 from __future__ import annotations
@@ -21,16 +23,15 @@ import logging
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
+
+from colab_magics.errors import HelperNotReady
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class Tracked:
     argv: list[str]
     popen: subprocess.Popen
     log_path: Path | None = None
-    guard: "Tracked | None" = None  # the watchdog that ends an adopted process if we die
+    ends_last: bool = False  # ended after every other process at shutdown (the emulator others write to)
+    registry: "ProcessRegistry | None" = field(default=None, repr=False)
     _tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=_TAIL_LINES))
     _reader: threading.Thread | None = None
 
@@ -58,20 +60,35 @@ class Tracked:
 
     def output_tail(self, lines: int = _TAIL_LINES) -> str:
         """The last lines the process printed (stdout and stderr merged)."""
+        if self._reader is not None and not self.alive():
+            self._reader.join(1.0)  # what it printed before dying is still in the pipe
         if self.log_path is not None and self.log_path.exists():
             text = self.log_path.read_text(errors="replace").splitlines()
             return "\n".join(text[-lines:])
         return "\n".join(list(self._tail)[-lines:])
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """End it (and its process group) through the registry that started it."""
+        if self.registry is not None:
+            self.registry.stop(self, timeout)
+        else:
+            terminate(self.popen, timeout)
+
+
+T = TypeVar("T")
+
 
 class ProcessRegistry:
-    """Every child process started by colab_magics in this interpreter."""
+    """Every child process started by colab_magics in this interpreter (one per Session).
 
-    def __init__(self) -> None:
+    `on_start` runs before each start (the session installs its signal handlers), `on_stop` after
+    each stop (the session removes them when nothing is left)."""
+
+    def __init__(self, *, on_start: Callable[[], None] | None = None,
+                 on_stop: Callable[[], None] | None = None) -> None:
         self._procs: list[Tracked] = []
         self._lock = threading.RLock()  # re-entrant: the SIGTERM handler may stop processes mid-start
-        self.on_start = None  # called before each start (the session installs its signal handlers)
-        self.on_stop = None  # called after each stop (the session removes them when idle)
+        self.on_start, self.on_stop = on_start, on_stop
 
     def start(
         self,
@@ -83,6 +100,7 @@ class ProcessRegistry:
         cwd: str | os.PathLike | None = None,
         on_line=None,
         inherit_stdio: bool = False,
+        ends_last: bool = False,
     ) -> Tracked:
         """Start `argv` in its own session (so the notebook's Stop button does not reach it).
 
@@ -117,29 +135,34 @@ class ProcessRegistry:
         finally:
             if log_path is not None:
                 out.close()
-        tracked = Tracked(name=name, argv=list(argv), popen=popen, log_path=log_path)
+        tracked = Tracked(name=name, argv=list(argv), popen=popen, log_path=log_path, ends_last=ends_last)
         if out is subprocess.PIPE:
             tracked._reader = threading.Thread(
                 target=_pump, args=(tracked, on_line), name=f"{name}-output", daemon=True
             )
             tracked._reader.start()
-        self.adopt(tracked)
+        tracked.registry = self
+        with self._lock:
+            self._procs.append(tracked)
         log.debug("started %s (pid %d)", name, popen.pid)
         return tracked
 
-    def adopt(self, tracked: Tracked, *, guard: bool = False, remove: Sequence[os.PathLike] = ()) -> Tracked:
-        """Track a process started elsewhere (e.g. by pyngrok) so it is ended with the others.
+    def start_ready(self, argv: Sequence[str], *, name: str, ready: Callable[[], T], timeout: float,
+                    interval: float = 0.05, **start_options) -> tuple[Tracked, T]:
+        """Start `argv` (as `start` does) and poll `ready()` until it returns a truthy value.
 
-        With `guard`, a watchdog child of ours ends it (and removes the paths in `remove`) if this
-        interpreter dies without shutting down: the library could not give it PR_SET_PDEATHSIG.
+        Returns the process and that value. If the process dies first, or `timeout` seconds pass,
+        it is ended and HelperNotReady says which, with its exit code and last output lines.
         """
-        if guard:
-            argv = [sys.executable, "-c", _WATCHDOG, str(tracked.pid), *map(str, remove)]
-            tracked.guard = self.start(argv, name=f"{tracked.name}-guard", log_path=os.devnull)
-            self._untrack(tracked.guard)
-        with self._lock:
-            self._procs.append(tracked)
-        return tracked
+        tracked = self.start(argv, name=name, **start_options)
+        value = wait_until(ready, timeout=timeout, interval=interval, tracked=tracked)
+        if value:
+            return tracked, value
+        died = not tracked.alive()
+        self.stop(tracked)
+        tail = tracked.output_tail()
+        raise HelperNotReady(name, list(argv), tracked.popen.returncode if died else None, tail, timeout,
+                             last_lines(tail))
 
     def _untrack(self, tracked: Tracked) -> None:
         with self._lock:
@@ -153,16 +176,15 @@ class ProcessRegistry:
     def stop(self, tracked: Tracked, timeout: float = 5.0) -> None:
         """End a process and everything in its process group; SIGKILL after `timeout`."""
         terminate(tracked.popen, timeout)
-        if tracked.guard is not None:
-            terminate(tracked.guard.popen, timeout)
         self._untrack(tracked)
         if self.on_stop is not None:
             self.on_stop()
 
     def stop_all(self, timeout: float = 5.0) -> None:
+        """End every process, newest first; those marked `ends_last` after all the others."""
         with self._lock:
-            procs = list(self._procs)
-        for tracked in reversed(procs):
+            procs = list(reversed(self._procs))
+        for tracked in [p for p in procs if not p.ends_last] + [p for p in procs if p.ends_last]:
             self.stop(tracked, timeout)
 
 
@@ -196,6 +218,13 @@ def _pump(tracked: Tracked, on_line) -> None:
     tracked.popen.stdout.close()
 
 
+def last_lines(text: str, lines: int = 5, *, skip: Sequence[str] = ()) -> str:
+    """The last `lines` non-empty lines of a process's output on one line (" | "), leaving out lines
+    that start with one of `skip` (ssh's "debug1:" chatter, say): how a helper's death is explained."""
+    kept = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(tuple(skip))]
+    return " | ".join(kept[-lines:])
+
+
 def wait_until(predicate, *, timeout: float, interval: float = 0.05, tracked: Tracked | None = None):
     """Poll `predicate()` until it returns a truthy value or `timeout` passes.
 
@@ -211,38 +240,6 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, tracked: Tr
         if time.monotonic() >= deadline:
             return None
         time.sleep(interval)
-
-
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    """True when `url` answers HTTP 200: the readiness check of every server we start."""
-    return http_status(url, timeout) == 200
-
-
-def http_status(url: str, timeout: float = 2.0) -> int | None:
-    """The HTTP status `url` answers with (401 and 5xx included), or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the OS picks it) for a server we start."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def __getattr__(name: str):
-    """`processes.registry`: the current session's process registry (kept for call sites)."""
-    if name == "registry":
-        from colab_magics import session
-
-        return session.current().processes
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- dying with the parent ------------------------------------------------------------------------
@@ -298,30 +295,3 @@ class _Spawner:
 
 
 _spawner = _Spawner()
-
-# The watchdog of an adopted process: on SIGTERM (our death, through PDEATHSIG) it ends the process
-# and removes the given paths; it exits by itself when the process ends first. A pidfd makes sure
-# the signal never reaches another process that reused the pid.
-_WATCHDOG = """
-import os, select, shutil, signal, sys
-pid, paths = int(sys.argv[1]), sys.argv[2:]
-try:
-    fd = os.pidfd_open(pid)
-except ProcessLookupError:
-    sys.exit(0)
-def end(*_):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            signal.pidfd_send_signal(fd, sig)
-        except ProcessLookupError:
-            break
-        if select.select([fd], [], [], 5)[0]:
-            break
-    for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
-    os._exit(0)
-signal.signal(signal.SIGTERM, end)
-signal.signal(signal.SIGHUP, end)
-while not select.select([fd], [], [], 3600)[0]:
-    pass
-"""

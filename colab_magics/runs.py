@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from colab_magics import checkpoints, packing, progress, restore, storage, transfer
+from colab_magics import auth, checkpoints, packing, progress, restore, storage, transfer
 from colab_magics.settings import Settings, effective
 from colab_magics.errors import (
     ArchiveNotFound,
@@ -189,7 +189,7 @@ def save_run(
     target = location.child(archive_name(run, ckpt.step, fmt, step_from=ckpt.step_from))
     if dry_run:
         return _planned(plan, target.url, run)
-    client = client or _client()
+    client = client or auth.storage_client()
     bucket = storage.require_bucket(client, location, settings.retry_deadline)
     blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
     if not force:
@@ -331,7 +331,7 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, re
     """Archives directly under `location` (with `recursive`, under its sub-prefixes too), by prefix,
     run, then oldest upload first."""
     loc = storage.parse_url(location) if isinstance(location, str) else location
-    client = client or _client()
+    client = client or auth.storage_client()
     prefix = f"{loc.path}/" if loc.path else ""
     if run and not recursive:
         prefix += f"{run}."
@@ -356,7 +356,7 @@ def prune(location: storage.GcsPath, run: str, keep: int, *, client=None,
     a save just wrote); return the deleted URLs. An archive replaced or deleted meanwhile is left alone."""
     from google.api_core.exceptions import NotFound, PreconditionFailed
 
-    client = client or _client()
+    client = client or auth.storage_client()
     archives = list_archives(location, run, client=client, deadline=deadline)
     doomed = [a for a in archives[: max(len(archives) - keep, 0)] if a.url != protect]
     bucket = client.bucket(location.bucket)
@@ -380,7 +380,7 @@ def resolve_archive(source: str, *, step: int | None = None, client=None,
     The bucket is checked first (one request), so a missing bucket is named as such.
     """
     loc = storage.parse_url(source)
-    client = client or _client()
+    client = client or auth.storage_client()
     name = loc.path.rsplit("/", 1)[-1]
     if not name:
         raise ArchiveNotFound(f"{source} names no run: write gs://BUCKET[/PREFIX]/RUN or an archive URL")
@@ -413,7 +413,7 @@ def load_run(source: str, target_dir, *, step: int | None = None, settings: Sett
     """Restore an archive (or a run's latest, or its `step`) into `target_dir`; a bad archive leaves
     it untouched. Returns a Restored record whose str() is the checkpoint path."""
     settings = effective(settings)
-    client = client or _client()
+    client = client or auth.storage_client()
     info = resolve_archive(source, step=step, client=client, deadline=settings.retry_deadline)
     return _restore(info, Path(target_dir).expanduser(), settings, client)
 
@@ -479,7 +479,7 @@ def resume(run_dir, destination: str, *, settings: Settings | None = None, clien
     target = Path(run_dir).expanduser()
     location = storage.parse_url(destination)
     run = target.resolve().name
-    client = client or _client()
+    client = client or auth.storage_client()
     storage.require_bucket(client, location, settings.retry_deadline)
     archives = list_archives(location, run, client=client, deadline=settings.retry_deadline)
     if not archives:
@@ -528,9 +528,3 @@ def _prepare_checkpoint(staging: Path, step: int | None) -> Path | None:
     if ckpt.layout == "tensorflow":
         checkpoints.write_tf_state(ckpt.path.parent, ckpt.path.name)
     return ckpt.path.relative_to(staging.absolute())  # checkpoints gives absolute paths
-
-
-def _client():
-    from colab_magics import session
-
-    return session.current().storage_client()

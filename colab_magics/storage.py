@@ -9,6 +9,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 
+from colab_magics import session
 from colab_magics.errors import (
     ArchiveNotFound,
     BucketNotFound,
@@ -166,15 +167,11 @@ def _not_found_message(target, exc) -> str:
 
 
 def _endpoint() -> str:
-    from colab_magics import session
-
     host = session.current().emulator_host
     return f"the storage emulator at {host}" if host else "Cloud Storage"
 
 
 def _identity() -> str:
-    from colab_magics import session
-
     auth = session.current().auth
     return getattr(auth, "identity", "unknown")
 

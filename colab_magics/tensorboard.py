@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -17,9 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from colab_magics import processes, session, tunnels
+from colab_magics import hosted, net, processes, session, storage, tunnels
 from colab_magics.display import Link
-from colab_magics.errors import LogDirError, MissingDependency, Param, RefusedTensorBoardFlag, TensorBoardError
+from colab_magics.errors import (
+    HelperNotReady,
+    LogDirError,
+    MissingDependency,
+    Param,
+    RefusedTensorBoardFlag,
+    TensorBoardError,
+    Words,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,17 @@ class Instance:
     port: int
     extra_args: tuple[str, ...] = ()
     tracked: processes.Tracked | None = field(default=None, compare=False, repr=False)
+    closes_at = session.CLOSES_AT["tensorboard"]
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        """How the session finds it again: (logdir_key, extra args)."""
+        return logdir_key(self.logdir), self.extra_args
+
+    def close(self, urgent: bool = False) -> None:
+        """End the server and remove its log."""
+        if self.tracked is not None:
+            _discard(self.tracked)
 
     @property
     def url(self) -> str:
@@ -66,22 +84,6 @@ class Reused:
     instance: Instance
 
 
-def _registry():
-    """The TensorBoards this session started, by (logdir, extra args): `session.current().tensorboards`."""
-    return session.current().tensorboards
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-
-
 def is_remote(logdir: str | os.PathLike) -> bool:
     """True for a gs:// logdir, which TensorBoard reads itself (its data server, or TensorFlow's gfile)."""
     return str(logdir).startswith("gs://")
@@ -98,8 +100,6 @@ def resolve_logdir(logdir: str | os.PathLike) -> Path | str:
     """The logdir to give TensorBoard: a gs:// URL as it is (its bucket name checked), else the
     absolute local directory, created if missing (a parent that cannot be created is a LogDirError)."""
     if is_remote(logdir):
-        from colab_magics import storage
-
         storage.parse_url(str(logdir))  # a malformed bucket name is one line here, not in TensorBoard
         return str(logdir)
     path = Path(logdir).expanduser().absolute()
@@ -131,10 +131,10 @@ def check_extra_args(extra_args: Sequence[str]) -> None:
 
 def find(logdir: str | os.PathLike, extra_args: Sequence[str] = ()) -> Instance | None:
     """The running TensorBoard we started for `logdir` if it still answers; a dead one is forgotten."""
-    instance = _registry().get((logdir_key(logdir), tuple(extra_args)))
+    instance = session.current().get(Instance, (logdir_key(logdir), tuple(extra_args)))
     if instance is None:
         return None
-    if instance.alive() and processes.http_ok(instance.url):
+    if instance.alive() and net.http_ok(instance.url):
         return instance
     log.info("TensorBoard for %s (port %d) no longer answers: starting a new one", logdir, instance.port)
     _stop_instance(instance)
@@ -143,7 +143,7 @@ def find(logdir: str | os.PathLike, extra_args: Sequence[str] = ()) -> Instance 
 
 def running() -> list[Instance]:
     """The TensorBoards we started that are still alive."""
-    return [i for i in _registry().values() if i.alive()]
+    return [i for i in session.current().items(Instance) if i.alive()]
 
 
 def start(
@@ -165,64 +165,60 @@ def start(
     if existing is not None:
         return Reused(existing)
     note = None
-    if port is not None and not port_is_free(port):
+    if port is not None and not net.port_is_free(port):
         note = f"port {port} is busy: TensorBoard uses another one"
         port = None
     began = time.monotonic()
     # Picking a free port and binding it are two steps; if someone takes it between them,
     # TensorBoard says so and we pick again (a bounded number of times).
     for attempt in range(3):
-        chosen = port if (port is not None and attempt == 0) else processes.free_port()
-        tracked = _launch(path, chosen, extra)
-        if processes.wait_until(lambda: processes.http_ok(f"http://127.0.0.1:{chosen}/", 1.0),
-                                timeout=timeout, tracked=tracked):
-            instance = Instance(logdir=path, port=chosen, extra_args=extra, tracked=tracked)
-            _registry().add((logdir_key(instance.logdir), instance.extra_args), instance)
-            return Launched(instance, time.monotonic() - began, note)
-        died = not tracked.alive()
-        tail = tracked.output_tail()
-        _discard(tracked)
-        if died and _BIND_FAILURE in tail.lower() and attempt < 2:
-            continue
-        if died:
-            raise TensorBoardError(
-                f"TensorBoard exited with code {tracked.popen.returncode} before answering: "
-                f"{_last_lines(tail)}"
-            )
-        raise TensorBoardError(
-            f"TensorBoard did not answer on port {chosen} within {timeout:.0f} s: {_last_lines(tail)}"
-        )
+        chosen = port if (port is not None and attempt == 0) else net.free_port()
+        try:
+            tracked = _launch(path, chosen, extra, timeout)
+        except HelperNotReady as exc:
+            if exc.died and _BIND_FAILURE in exc.tail.lower() and attempt < 2:
+                continue
+            raise TensorBoardError(f"TensorBoard on port {chosen} {exc.explained}") from None
+        instance = Instance(logdir=path, port=chosen, extra_args=extra, tracked=tracked)
+        session.current().track(instance, instance.key)
+        return Launched(instance, time.monotonic() - began, note)
     raise AssertionError("unreachable")
 
 
 def stop(logdir: str | os.PathLike | None = None) -> list[Instance]:
     """End the TensorBoard(s) we started for `logdir` (every one when None); return those ended."""
     key = logdir_key(logdir) if logdir is not None else None
-    ended = [i for i in _registry().values() if key is None or logdir_key(i.logdir) == key]
+    ended = [i for i in session.current().items(Instance) if key is None or logdir_key(i.logdir) == key]
     for instance in ended:
         _stop_instance(instance)
     return ended
 
 
 def _stop_instance(instance: Instance) -> None:
-    if instance.tracked is not None:
-        _discard(instance.tracked)
-    _registry().remove((logdir_key(instance.logdir), instance.extra_args), instance)
+    instance.close()
+    session.current().untrack(instance, instance.key)
 
 
 def _discard(tracked: processes.Tracked) -> None:
-    processes.registry.stop(tracked)
+    tracked.stop()
     if tracked.log_path is not None:
         tracked.log_path.unlink(missing_ok=True)
 
 
-def _launch(logdir: Path | str, port: int, extra: tuple[str, ...]) -> processes.Tracked:
+def _launch(logdir: Path | str, port: int, extra: tuple[str, ...], timeout: float) -> processes.Tracked:
+    """TensorBoard on 127.0.0.1:`port`, once it answers (HelperNotReady if it dies or stays silent)."""
     argv = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
             "--host", "127.0.0.1", "--port", str(port), *extra]
     # Output goes to a file so the whole of it is there when TensorBoard dies (to explain why).
     log_path = Path(tempfile.gettempdir()) / "colab_magics" / f"tensorboard-{port}-{time.time_ns()}.log"
-    return processes.registry.start(argv, name=f"tensorboard:{port}", log_path=log_path,
-                                    env=_credentials_env(logdir))
+    try:
+        tracked, _ = session.current().processes.start_ready(
+            argv, name="TensorBoard", ready=lambda: net.http_ok(f"http://127.0.0.1:{port}/", 1.0),
+            timeout=timeout, log_path=log_path, env=_credentials_env(logdir))
+    except HelperNotReady:
+        log_path.unlink(missing_ok=True)
+        raise
+    return tracked
 
 
 def _credentials_env(logdir: Path | str) -> dict[str, str]:
@@ -238,11 +234,6 @@ def _require_tensorboard() -> None:
         raise MissingDependency("tensorboard", "tensorboard") from exc
 
 
-def _last_lines(text: str, lines: int = 5) -> str:
-    kept = [line for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(kept) if kept else "(no output)"
-
-
 # --- the %tensorboard_tunnel service: TensorBoard plus a tunnel to it --------------------------
 @dataclass(frozen=True)
 class Served:
@@ -251,11 +242,12 @@ class Served:
     url: str
     provider: str
     logdir: Path | str
-    notes: tuple[str, ...]
+    notes: tuple[str | Words, ...]
     inline_port: int | None = None  # shown inside the cell's output too (Colab), see `inline_view`
 
-    def link(self) -> Link:
-        return Link(self.url, f"TensorBoard ({self.provider}) for {self.logdir}", self.notes)
+    def link(self, words=str) -> Link:
+        """The link to show, its notes worded by `words` (a front end's `Dialect.render`; str: Python's)."""
+        return Link(self.url, f"TensorBoard ({self.provider}) for {self.logdir}", [words(n) for n in self.notes])
 
 
 def serve(
@@ -292,8 +284,6 @@ INLINE_HEIGHT = 800
 
 def inline_view(served: Served) -> None:
     """Show TensorBoard inside the cell's output, as TensorBoard's `%tensorboard` does in Colab."""
-    from colab_magics import hosted
-
     if served.inline_port is not None:
         hosted.colab_serve_port(served.inline_port, path=INLINE_PATH, height=INLINE_HEIGHT)
 

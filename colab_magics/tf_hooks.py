@@ -21,6 +21,7 @@ import os
 import re
 import time
 
+from colab_magics import auth
 from colab_magics.archiver import Archiver, ArchiveSummary
 from colab_magics.errors import ColabMagicsError, InvalidArgument, check_argument
 from colab_magics.lazy import lazy_classes, require
@@ -117,9 +118,7 @@ def _build_hook():
             check_argument(call, "start", start, number + (type(None),), "a time.time() value or None")
             if every_n_secs <= 0 or (delay_n_secs is not None and delay_n_secs < 0):
                 raise InvalidArgument(f"{call}: every_n_secs must be more than 0 and delay_n_secs at least 0 seconds")
-            from colab_magics import gcloud
-
-            gcloud.use_project(project, call)
+            auth.use_project(project, call)
             self.every_n_secs, self.log, self.bucket, self.keep = float(every_n_secs), str(log_dir), bucket, keep
             self.project = project
             self.delay_n_secs = self.every_n_secs if delay_n_secs is None else float(delay_n_secs)

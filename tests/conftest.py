@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from colab_magics.processes import free_port  # noqa: F401  (tests import it from here)
+from colab_magics.net import free_port  # noqa: F401  (tests import it from here)
 
 os.environ.setdefault("COLAB_MAGICS_PROGRESS", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -151,11 +151,11 @@ def no_orphans():
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     yield
-    from colab_magics import processes
+    from colab_magics import session
 
-    leftover = [p for p in processes.registry.all()]
+    leftover = session.current().processes.all()
     for tracked in leftover:
-        processes.registry.stop(tracked)
+        tracked.stop()
     assert not leftover, f"test left tracked processes running: {[t.name for t in leftover]}"
 
     def strays():

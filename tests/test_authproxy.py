@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from colab_magics import authproxy, session, tensorboard, tunnels
+from colab_magics.authproxy import AuthProxy
 from colab_magics.tunnels import TunnelOptions
 from tests.test_tensorboard import write_events
 from tests.test_tunnels import STANDINS, get, is_tensorboard_page, sshd, tb_port, trycloudflare  # noqa: F401  (fixtures)
@@ -55,7 +56,7 @@ def test_ssh_tunnels_ask_for_a_generated_password(sshd, tb_port):  # noqa: F811
     finally:
         tunnels.close_tunnel(tunnel)
     assert refused(tunnel.proxy.port)
-    assert tunnel.proxy not in session.current().auth_proxies
+    assert tunnel.proxy not in session.current().items(AuthProxy)
 
 
 def test_cloudflared_tunnels_ask_for_the_users_password(tb_port, trycloudflare):  # noqa: F811
@@ -98,13 +99,13 @@ def test_magic_local_with_auth_shows_the_password_once_and_stop_ends_the_proxy(i
 
     ip.run_line_magic("tensorboard_tunnel", f"{logdir} --stop")
 
-    assert refused(proxy_port) and session.current().auth_proxies == []
+    assert refused(proxy_port) and session.current().items(AuthProxy) == []
 
 
 def test_local_without_auth_has_no_proxy(ip, tmp_path):
     url = ip.run_line_magic("tensorboard_tunnel", f"{tmp_path / 'runs'} --provider local")
 
-    assert url == tensorboard.running()[0].url and session.current().auth_proxies == []
+    assert url == tensorboard.running()[0].url and session.current().items(AuthProxy) == []
     ip.run_line_magic("tensorboard_tunnel", "--stop")
 
 
@@ -177,7 +178,7 @@ def test_a_big_answer_is_streamed_not_buffered(upstream):
         assert first + rest == _Upstream.payload
         conn.close()
     finally:
-        proxy.stop()
+        proxy.close()
 
 
 def test_request_bodies_go_through_and_keep_alive_is_kept(upstream):
@@ -193,7 +194,7 @@ def test_request_bodies_go_through_and_keep_alive_is_kept(upstream):
         assert conn.getresponse().status == 401
         conn.close()
     finally:
-        proxy.stop()
+        proxy.close()
 
 
 def test_the_proxy_listens_on_loopback_only_and_hides_the_password(upstream):
@@ -205,7 +206,7 @@ def test_the_proxy_listens_on_loopback_only_and_hides_the_password(upstream):
             urllib.request.urlopen(proxy.url, timeout=10)
         assert caught.value.code == 401 and "Basic" in caught.value.headers["WWW-Authenticate"]
     finally:
-        proxy.stop()
+        proxy.close()
     assert refused(proxy.port)
 
 
@@ -221,4 +222,4 @@ def test_big_answers_one_after_another_on_one_connection(upstream):
         assert conn.getresponse().read().decode() == hashlib.sha256(b"after").hexdigest()
         conn.close()
     finally:
-        proxy.stop()
+        proxy.close()

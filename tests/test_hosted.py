@@ -217,14 +217,14 @@ def test_emulator_then_key_file_uses_the_key(ip, no_emulator, tmp_path, emulator
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator_host)  # honoured while nothing explicit is said
     ip.run_line_magic("gcs_auth", "")
     assert session.current().emulator_host == emulator_host
-    assert session.current().storage_client()._connection.API_BASE_URL == emulator_host
+    assert auth.storage_client()._connection.API_BASE_URL == emulator_host
 
     ip.run_line_magic("gcs_auth", f"my-project --key-file {service_account_key(tmp_path / 'sa.json')}")
 
     info = session.current().auth
     assert info.method == "service-account" and session.current().emulator_host is None
     # The library alone would send the key's requests to the emulator named in the environment.
-    assert session.current().storage_client()._connection.API_BASE_URL == "https://storage.googleapis.com"
+    assert auth.storage_client()._connection.API_BASE_URL == "https://storage.googleapis.com"
     assert storage._endpoint() == "Cloud Storage"
 
 
@@ -235,7 +235,7 @@ def test_bundled_emulator_leaves_the_environment_alone(ip, no_emulator, tmp_path
 
     host = session.current().emulator_host
     assert host and "STORAGE_EMULATOR_HOST" not in os.environ
-    client = session.current().storage_client()
+    client = auth.storage_client()
     assert client._connection.API_BASE_URL == host
     assert storage._endpoint() == f"the storage emulator at {host}"
     bucket = client.bucket("local-bucket")
@@ -245,7 +245,7 @@ def test_bundled_emulator_leaves_the_environment_alone(ip, no_emulator, tmp_path
     assert bucket.blob("big").download_as_bytes() == data
 
     ip.run_line_magic("gcs_auth", f"p --key-file {service_account_key(tmp_path / 'sa.json')}")
-    assert session.current().storage_client()._connection.API_BASE_URL != host
+    assert auth.storage_client()._connection.API_BASE_URL != host
 
 
 def test_key_file_and_emulator_together_contradict(no_emulator, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from colab_magics import emulator, processes, session
+from colab_magics import emulator, session
 from colab_magics.gcloud import gcloud_auth
 
 
@@ -18,7 +18,7 @@ def no_emulator_running(monkeypatch):
     """No STORAGE_EMULATOR_HOST, so `emulator=True` starts (or reuses) the bundled one; all ended after."""
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     yield
-    processes.registry.stop_all()
+    session.current().processes.stop_all()
     session.current().set_auth(None)
 
 

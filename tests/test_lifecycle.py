@@ -44,8 +44,11 @@ KERNEL = textwrap.dedent("""
     tunnel = tunnels.open_tunnel("ngrok", board.instance.port,
                                  tunnels.TunnelOptions(bin_dir=Path(standins), timeout=30))
     mount.mount(bucket, mount_point, backend="rclone")
-    (agent,) = session.current().ngrok_agents.values()
-    print("READY " + json.dumps({"tunnel": tunnel.url, "token_dir": str(agent.config_dir)}), flush=True)
+    from colab_magics.tunnels import ngrok
+
+    (agent,) = session.current().items(ngrok.Agent)
+    config_dir = Path(agent.tracked.argv[agent.tracked.argv.index("--config") + 1]).parent
+    print("READY " + json.dumps({"tunnel": tunnel.url, "token_dir": str(config_dir)}), flush=True)
     while True:
         time.sleep(3600)
 """)
@@ -88,16 +91,15 @@ def test_everything_the_kernel_started_ends_with_it(bucket, emulator_host, tmp_p
         facts = json.loads(ready[len("READY "):])
         started = psutil.Process(kernel.pid).children(recursive=True)
         names = sorted(" ".join(p.cmdline()[:3]) for p in started)
-        assert len(started) >= 4, names  # TensorBoard, the ngrok agent and its watchdog, rclone
-        assert mounted(where) and Path(facts["token_dir"]).is_dir()
+        assert len(started) >= 3, names  # TensorBoard, the ngrok agent, rclone
+        assert mounted(where) and not Path(facts["token_dir"]).exists()  # the agent's config: read, removed
 
         kernel.send_signal(signum)
         assert kernel.wait(timeout=60) == -signum, log.read_text()  # it still dies of the signal
 
         poll(lambda: not any(alive(p) for p in started), 10,
              message=f"the kernel's children to end: {[p.pid for p in started if alive(p)]}")
-        # SIGKILL: the agent's watchdog removed the token; the mount may need the next start
-        assert not Path(facts["token_dir"]).exists()
+        # SIGKILL: the agent died by PR_SET_PDEATHSIG like every child; the mount may need the next start
         if signum != signal.SIGKILL:  # shut down in order: unmounted
             assert not mounted(where)
         assert "Traceback" not in log.read_text(), log.read_text()
@@ -121,7 +123,7 @@ def test_unload_flushes_archivers_before_ending_the_emulator_they_write_to(ip, t
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     ip.run_line_magic("config", f"ColabMagics.emulator_dir = {str(tmp_path / 'emulator')!r}")
     ip.run_line_magic("gcs_auth", "--emulator")
-    emulator = session.current().emulator_process
+    (emulator,) = [p for p in session.current().processes.all() if p.ends_last]  # the emulator
     run_dir = tmp_path / "run1"
     run_dir.mkdir()
     (run_dir / "model-7.keras").write_bytes(os.urandom(256 * 1024))
@@ -133,7 +135,7 @@ def test_unload_flushes_archivers_before_ending_the_emulator_they_write_to(ip, t
         assert emulator is not None and not emulator.alive()
         summary = worker.summary()
         assert (summary.archives, summary.last_step, summary.failures) == (1, 7, 0), summary
-        assert not worker.active and len(session.current().active_archivers) == 0
+        assert not worker.active and session.current().items(archiver.Archiver) == []
     finally:
         session.current().shutdown()
         session.current().set_auth(None)

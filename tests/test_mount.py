@@ -21,7 +21,7 @@ from IPython.core.error import UsageError
 
 from conftest import poll, run_cell, raises_worded
 
-from colab_magics import mount, processes, session
+from colab_magics import mount, session
 from colab_magics.errors import (
     BucketNotFound,
     FuseUnavailable,
@@ -131,14 +131,14 @@ def test_mounting_again_with_the_same_arguments_reuses_the_mount(bucket, mount_p
     again = mount.mount(bucket.name, mount_point, backend="rclone")
 
     assert again.reused and again.pid == first.pid
-    assert len([t for t in processes.registry.all() if str(mount_point) in t.name]) == 1
+    assert len([t for t in session.current().processes.all() if str(mount_point) in t.name]) == 1
 
 
 def test_create_makes_a_missing_bucket(gcs, mount_point):
     name = f"created-{uuid.uuid4().hex[:10]}"
     with raises_worded(BucketNotFound, "--create"):
         mount.mount(name, mount_point, backend="rclone")
-    assert not mounted(mount_point) and not processes.registry.all()
+    assert not mounted(mount_point) and not session.current().processes.all()
 
     # the emulator ignores location and storage class; here they only have to be accepted
     result = mount.mount(name, mount_point, create=True, location="EU", storage_class="standard",
@@ -185,7 +185,7 @@ def test_unmount_leaves_no_process_and_no_mount(bucket, mount_point):
     assert unmounted.ours and unmounted.backend == "rclone"
     assert not mounted(mount_point)
     assert not psutil.pid_exists(result.pid) or psutil.Process(result.pid).status() == psutil.STATUS_ZOMBIE
-    assert not backend_processes(mount_point) and not processes.registry.all()
+    assert not backend_processes(mount_point) and not session.current().processes.all()
     with raises_worded(NotMounted, "--list"):
         mount.unmount(mount_point)
 
@@ -251,7 +251,7 @@ def test_fuse_unavailable(bucket, mount_point, tmp_path, monkeypatch):
 
     with raises_worded(FuseUnavailable, "FUSE is not available here .*--device /dev/fuse"):
         mount.mount(bucket.name, mount_point, backend="rclone")
-    assert not processes.registry.all()
+    assert not session.current().processes.all()
 
 
 def test_backend_that_dies_shows_its_last_lines(bucket, mount_point, stub_bin):
@@ -268,7 +268,7 @@ def test_backend_that_dies_shows_its_last_lines(bucket, mount_point, stub_bin):
     assert "rclone exited with code 3" in str(caught.value)
     assert "stub failure for the test" in str(caught.value)
     assert caught.value.returncode == 3
-    assert not mounted(mount_point) and not processes.registry.all()
+    assert not mounted(mount_point) and not session.current().processes.all()
 
 
 def test_backend_that_never_mounts_times_out_and_is_ended(bucket, mount_point, stub_bin):
@@ -283,7 +283,7 @@ def test_backend_that_never_mounts_times_out_and_is_ended(bucket, mount_point, s
         mount.mount(bucket.name, mount_point, backend="rclone", timeout=1)
 
     assert time.monotonic() - started < 10
-    assert not processes.registry.all() and not backend_processes(mount_point)
+    assert not session.current().processes.all() and not backend_processes(mount_point)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the apt-get path is taken only as root")
@@ -361,7 +361,7 @@ def test_magic_mounts_lists_and_unmounts(ip, bucket, mount_point):
 
     run_cell(ip, f"open({str(mount_point / 'note.txt')!r}, 'w').write('from a cell')")
     assert ip.run_line_magic("gcsfuse_mount", f"{bucket.name} {mount_point} --unmount") == str(mount_point)
-    assert not mounted(mount_point) and not processes.registry.all()
+    assert not mounted(mount_point) and not session.current().processes.all()
     assert object_bytes(bucket, "note.txt") == b"from a cell"
 
 
@@ -404,7 +404,7 @@ def test_seed_gcsfuse_creates_the_bucket_and_returns_the_path(gcs, tmp_path, mon
 def test_a_mount_whose_backend_was_killed_is_replaced_by_the_next_mount(bucket, mount_point):
     first = mount.mount(bucket.name, mount_point, backend="rclone")
     psutil.Process(first.pid).kill()  # e.g. the OOM killer during training (SIGKILL: no unmount)
-    poll(lambda: not processes.registry.all(), 10, message="the killed rclone to be noticed")
+    poll(lambda: not session.current().processes.all(), 10, message="the killed rclone to be noticed")
     with pytest.raises(OSError):  # what the user sees: "Transport endpoint is not connected"
         os.listdir(mount_point)
 
@@ -418,7 +418,7 @@ def test_a_mount_whose_backend_was_killed_is_replaced_by_the_next_mount(bucket, 
 def test_a_dead_mount_can_be_unmounted(bucket, mount_point):
     first = mount.mount(bucket.name, mount_point, backend="rclone")
     psutil.Process(first.pid).kill()
-    poll(lambda: not processes.registry.all(), 10, message="the killed rclone to be noticed")
+    poll(lambda: not session.current().processes.all(), 10, message="the killed rclone to be noticed")
 
     assert mount.unmount(mount_point).ours is False
     assert not mounted(mount_point)

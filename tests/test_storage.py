@@ -566,8 +566,8 @@ def test_gcs_auth_emulator_starts_the_bundled_emulator_and_unload_ends_it(shell,
         pid = emulator.ensure_running(tmp_path / "emu").pid  # reused, not a second one
         assert psutil.pid_exists(pid)
         write(tmp_path / "run1" / "model-1.keras", 100)
-        from colab_magics import session
-        session.current().storage_client().create_bucket("quick")
+        from colab_magics import auth
+        auth.storage_client().create_bucket("quick")
         assert run_cell(shell, f"%gcs_save {tmp_path / 'run1'} gs://quick").success
     finally:
         shell.run_line_magic("unload_ext", "colab_magics")

@@ -1,6 +1,6 @@
 """`colab-magics run`: a training command survives preemption with its newest step in the bucket.
 
-The real entry point runs as a subprocess (`python -m colab_magics.supervise`) against the
+The real entry point runs as a subprocess (`python -m colab_magics.cli run`) against the
 fake-gcs-server emulator; the supervised command is a real Python script writing checkpoints the way
 frameworks should (temporary file, then rename), and a real SIGTERM is sent to the supervisor.
 """
@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import psutil
 import pytest
@@ -63,7 +62,7 @@ def job(tmp_path, emulator_host):
 
         def argv(self, destination, *options, steps=10_000, code=0, command=None):
             command = command or [sys.executable, str(script), str(self.run_dir), str(steps), str(code)]
-            return [sys.executable, "-m", "colab_magics.supervise", str(self.run_dir), destination,
+            return [sys.executable, "-m", "colab_magics.cli", "run", str(self.run_dir), destination,
                     *options, "--", *command]
 
         def start(self, destination, *options, **kw) -> subprocess.Popen:
@@ -194,7 +193,7 @@ def test_bad_input_is_one_line_and_the_command_never_starts(job, bucket, case, e
 
 
 def test_help_exits_zero():
-    proc = subprocess.run([sys.executable, "-m", "colab_magics.supervise", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "colab_magics.cli", "run", "--help"],
                           capture_output=True, text=True, timeout=60)
 
     assert proc.returncode == 0 and "--final-timeout" in proc.stdout

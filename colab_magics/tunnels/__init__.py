@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from colab_magics import hosted, processes, session
+from colab_magics.authproxy import AuthProxy
 from colab_magics.errors import Param, TunnelError, UnknownProvider, Words
 
 PROVIDERS = ("ngrok", "cloudflared", "ssh", "colab", "local")
@@ -38,12 +39,24 @@ class Tunnel:
     inline: bool = False  # the notebook can show the port inside the cell's output (Colab)
     proxy: object | None = field(default=None, compare=False, repr=False)  # authproxy.AuthProxy, if any
 
+    closes_at = session.CLOSES_AT["tunnel"]
+
     @property
     def protected(self) -> bool:
         return self.auth_password is not None
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.provider, self.url
+
     def alive(self) -> bool:
         return (self.process is None or self.process.alive()) and (self.proxy is None or self.proxy.alive())
+
+    def close(self, urgent: bool = False) -> None:
+        """End the provider's side (its agent's tunnel or process), then the password proxy."""
+        provider_module(self.provider).close(self)
+        if self.proxy is not None:
+            self.proxy.close()
 
 
 @dataclass(frozen=True)
@@ -66,11 +79,6 @@ class Reopened:
     """`open_tunnel` found the same tunnel already open and alive (credentials are not repeated)."""
 
     tunnel: Tunnel
-
-
-def _registry():
-    """The tunnels this session opened, by (provider, url): `session.current().tunnels`."""
-    return session.current().tunnels
 
 
 def provider_module(name: str):
@@ -144,7 +152,7 @@ def validate(provider: str, options: TunnelOptions) -> None:
 
 def find_open(provider: str, port: int) -> Tunnel | None:
     """An open, live tunnel of `provider` to `port`; dead ones are closed and forgotten."""
-    for tunnel in _registry().values():
+    for tunnel in session.current().items(Tunnel):
         if tunnel.provider == provider and tunnel.port == port:
             if tunnel.alive():
                 return tunnel
@@ -168,20 +176,18 @@ def open_tunnel(provider: str, port: int, options: TunnelOptions | None = None,
         tunnel = module.open(port, options)
     else:
         tunnel = _open_behind_proxy(module, port, options)
-    _registry().add((tunnel.provider, tunnel.url), tunnel)
+    session.current().track(tunnel, tunnel.key)
     return tunnel
 
 
 def _open_behind_proxy(module, port: int, options: TunnelOptions) -> Tunnel:
     """The provider's tunnel to an AuthProxy in front of `port`; recorded as a tunnel to `port`."""
-    from colab_magics.authproxy import AuthProxy
-
     user, password = credentials(options)
     proxy = AuthProxy(port, user, password).start()
     try:
         tunnel = module.open(proxy.port, options)
     except BaseException:
-        proxy.stop()
+        proxy.close()
         raise
     return replace(tunnel, port=port, auth_user=user, auth_password=password, proxy=proxy)
 
@@ -201,20 +207,18 @@ def describe(opened: Tunnel | Reopened) -> list[str | Words]:
 
 def close_tunnel(tunnel: Tunnel) -> None:
     """Close one tunnel and end its process."""
-    provider_module(tunnel.provider).close(tunnel)
-    if tunnel.proxy is not None:
-        tunnel.proxy.stop()
-    _registry().remove((tunnel.provider, tunnel.url), tunnel)
+    tunnel.close()
+    session.current().untrack(tunnel, tunnel.key)
 
 
 def open_tunnels(port: int | None = None) -> list[Tunnel]:
     """The live tunnels we opened (to `port` only, when given)."""
-    return [t for t in _registry().values() if t.alive() and (port is None or t.port == port)]
+    return [t for t in session.current().items(Tunnel) if t.alive() and (port is None or t.port == port)]
 
 
 def close_tunnels(port: int | None = None) -> list[Tunnel]:
     """Close every tunnel we opened (to `port` only, when given); return those closed."""
-    closing = [t for t in _registry().values() if port is None or t.port == port]
+    closing = [t for t in session.current().items(Tunnel) if port is None or t.port == port]
     for tunnel in closing:
         close_tunnel(tunnel)
     return closing

@@ -15,14 +15,13 @@ import os
 import platform
 import re
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from colab_magics import processes
-from colab_magics.errors import Param, TunnelError, TunnelInstallError, Words
+from colab_magics import net, processes, session
+from colab_magics.errors import HelperNotReady, Param, TunnelError, TunnelInstallError, Words
 from colab_magics.tunnels import Tunnel, TunnelOptions
 
 URL_PATTERN = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")
@@ -43,25 +42,32 @@ NO_AUTH_NOTE = Words("No password (", Param("no_auth", True), "): anyone with th
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
     """Start a quick tunnel to `port`; ready when a request through the URL it prints answers."""
     binary = find_binary(options.bin_dir) or install_cloudflared(options.bin_dir or _default_bin_dir())
-    found = threading.Event()
     urls: list[str] = []
 
     def on_line(line: str) -> None:
         match = URL_PATTERN.search(line)
         if match and not urls:
             urls.append(match.group(0))
-            found.set()
 
     argv = [str(binary), "tunnel", "--no-autoupdate", "--url", f"http://127.0.0.1:{port}"]
     deadline = time.monotonic() + options.timeout
-    tracked = processes.registry.start(argv, name=f"cloudflared:{port}", on_line=on_line)
-    if not processes.wait_until(found.is_set, timeout=options.timeout, tracked=tracked):
-        _give_up(tracked, f"printed no trycloudflare.com URL within {options.timeout:.0f} s")
-    url = urls[0]
+    try:
+        tracked, url = session.current().processes.start_ready(
+            argv, name="cloudflared", ready=lambda: urls[0] if urls else None, timeout=options.timeout,
+            on_line=on_line)
+    except HelperNotReady as exc:
+        what = exc.explained if exc.died else \
+            f"printed no trycloudflare.com URL within {options.timeout:.0f} s: {exc.last or '(no output)'}"
+        raise TunnelError(f"cloudflared {what}") from None
     if not processes.wait_until(lambda: _reaches_origin(url), interval=PROBE_INTERVAL,
                                 timeout=max(0.0, deadline - time.monotonic()), tracked=tracked):
-        _give_up(tracked, f"printed {url} but it did not answer within {options.timeout:.0f} s (its edge "
-                          "connection never came up: UDP/QUIC may be blocked here; try ", Param("provider", "ngrok"), ")")
+        died = not tracked.alive()
+        tracked.stop()
+        what = f"exited with code {tracked.popen.returncode}" if died else \
+            f"printed {url} but it did not answer within {options.timeout:.0f} s (its edge connection never came up: " \
+            "UDP/QUIC may be blocked here; try "
+        raise TunnelError(f"cloudflared {what}", *(() if died else (Param("provider", "ngrok"), ")")),
+                          f": {processes.last_lines(tracked.output_tail(), 1) or '(no output)'}")
     return Tunnel(url=url, provider="cloudflared", port=port, process=tracked,
                   notes=(NO_AUTH_NOTE,) if options.no_auth else ())
 
@@ -69,22 +75,13 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
 def _reaches_origin(url: str) -> bool:
     """A request through the URL got an answer from our side (200, or 401 from the password proxy),
     not the edge's 5xx (530 / error 1033) of a tunnel whose connection is not up yet."""
-    status = processes.http_status(url, PROBE_INTERVAL * 4)
+    status = net.http_status(url, PROBE_INTERVAL * 4)
     return status is not None and status < 500
-
-
-def _give_up(tracked: processes.Tracked, *what: object) -> None:
-    tail = tracked.output_tail()
-    died = not tracked.alive()
-    processes.registry.stop(tracked)
-    if died:
-        what = (f"exited with code {tracked.popen.returncode}",)
-    raise TunnelError("cloudflared ", *what, f": {_last_line(tail)}")
 
 
 def close(tunnel: Tunnel) -> None:
     if tunnel.process is not None:
-        processes.registry.stop(tunnel.process)
+        tunnel.process.stop()
 
 
 def find_binary(bin_dir: Path | None = None) -> Path | None:
@@ -136,8 +133,3 @@ def install_cloudflared(bin_dir: Path, *, url: str | None = None) -> Path:
 
 def _default_bin_dir() -> Path:
     return Path.home() / ".local" / "bin"
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"

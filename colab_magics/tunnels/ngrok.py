@@ -1,51 +1,62 @@
-"""ngrok tunnels through pyngrok, with basic auth on by default and the authtoken kept off argv.
+"""ngrok tunnels: our own child agent, pyngrok for installing it and for its agent API.
 
-pyngrok puts `PyngrokConfig.auth_token` (which it fills from NGROK_AUTHTOKEN by itself) on the agent's
-command line as `--authtoken TOKEN`, where `ps` shows it. We clear it and hand the token to the agent
-in a private config file instead (mode 0600 in a 0700 directory, removed when the agent ends). The
-agent runs in its own session so the notebook's Stop button does not end the tunnel, and pyngrok's
-start-up wait (which blocks forever on a silent agent) is bounded here.
+pyngrok would start the agent itself (`ngrok.connect` forks it), which puts it beyond our process
+registry: no PR_SET_PDEATHSIG (it outlives a killed kernel), and a start-up read that blocks forever
+on a silent agent (pyngrok checks its timeout only between lines). So the agent is started here,
+through `ProcessRegistry.start_ready`, with the argv pyngrok uses (`ngrok start --none --log stdout
+--config PATH`, pyngrok/process.py `_start_process`), and is ready when its log says what pyngrok
+waits for (`starting web service addr=…`, `client session established`, `tunnel session started`,
+parsed by pyngrok's own `NgrokLog`). Tunnels are opened and closed through pyngrok's `api_request`.
+
+The authtoken never reaches argv or the disk: the agent reads it from NGROK_AUTHTOKEN in its own
+environment (ngrok v3 honours it). Its config file (no secret in it; mode 0600 in a 0700 directory,
+so the user's own ngrok.yml does not interfere) is read once at start and removed as soon as the
+agent is ready, so even a SIGKILLed kernel leaves nothing behind. pyngrok logs API request bodies at
+DEBUG: `_redact` blanks passwords and tokens there.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import threading
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from colab_magics import processes, session
-from colab_magics.errors import MissingDependency, NoTunnelToken, Param, TunnelError, TunnelInstallError
+from colab_magics.errors import HelperNotReady, MissingDependency, NoTunnelToken, Param, TunnelError, TunnelInstallError, Words
 from colab_magics.tunnels import Tunnel, TunnelOptions, credentials, ngrok_token
 
 log = logging.getLogger(__name__)
 
 TOKEN_HELP = ("ngrok needs an authtoken: set NGROK_AUTHTOKEN (or a Colab/Kaggle secret of that name) "
               "from https://dashboard.ngrok.com/get-started/your-authtoken, or use ", Param("provider", "cloudflared"))
+API_TIMEOUT = 10.0  # seconds one request to the agent's local API may take
 
 
-@dataclass
-class _Agent:
-    """One running ngrok agent (pyngrok runs one per binary) and the files it was started with."""
+@dataclass(eq=False)
+class Agent:
+    """One running ngrok agent (one per binary, as pyngrok runs them) and its open tunnels."""
 
-    config: object  # pyngrok.conf.PyngrokConfig
-    config_dir: Path
-    tracked: processes.Tracked | None = None
-    tunnels: int = 0
+    path: str  # the ngrok binary
+    tracked: processes.Tracked
+    api_url: str
+    tunnels: dict[str, str] = field(default_factory=dict)  # public URL → its API path
+    closes_at = session.CLOSES_AT["agent"]
 
+    def alive(self) -> bool:
+        return self.tracked.alive()
 
-def _agents():
-    """The agents this session runs, by binary path: `session.current().ngrok_agents`."""
-    return session.current().ngrok_agents
+    def close(self, urgent: bool = False) -> None:
+        """End the agent (its tunnels with it)."""
+        self.tracked.stop()
 
 
 class _Redact(logging.Filter):
-    """Blanks secrets out of pyngrok's own log records (it logs tunnel options at DEBUG)."""
+    """Blanks secrets out of pyngrok's own log records (it logs API request bodies at DEBUG)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,16 +72,17 @@ class _Redact(logging.Filter):
 
 
 _redact = _Redact()
-for _name in ("pyngrok.ngrok", "pyngrok.process", "pyngrok.process.ngrok"):
-    logging.getLogger(_name).addFilter(_redact)
+logging.getLogger("pyngrok.ngrok").addFilter(_redact)
+_start_lock = threading.Lock()  # one agent start per binary at a time
 
 
 def _pyngrok():
     try:
-        from pyngrok import conf, installer, ngrok, process
+        from pyngrok import conf, installer, ngrok
+        from pyngrok.log import NgrokLog
     except ImportError as exc:
         raise MissingDependency("pyngrok", "tunnel") from exc
-    return conf, installer, ngrok, process
+    return conf, installer, ngrok, NgrokLog
 
 
 def default_ngrok_path(bin_dir: Path | None = None) -> Path:
@@ -96,8 +108,8 @@ def install_ngrok(bin_dir: str | os.PathLike | None = None) -> Path:
         installer.install_ngrok(str(path), ngrok_version="v3", timeout=30)  # "v3": pyngrok 8.0 knows no "3"
     except PyngrokError as exc:
         raise TunnelInstallError(
-            f"the ngrok agent is not in {path.parent} and could not be downloaded ({_short(exc)}): "
-            f"check the internet connection, or put the ngrok binary there yourself"
+            f"the ngrok agent is not in {path.parent} and could not be downloaded ({_first_line(exc)}): "
+            "check the internet connection, or put the ngrok binary there yourself"
         ) from exc
     return path
 
@@ -112,149 +124,117 @@ def validate(options: TunnelOptions) -> None:
 
 
 def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provider interface)
-    """An ngrok http tunnel to `port`, asking for basic auth unless --no-auth."""
+    """An ngrok http tunnel to `port`, asking for basic auth unless the options say no."""
     validate(options)
     token = ngrok_token()
     auth = credentials(options)
     _, _, ngrok, _ = _pyngrok()
+    from pyngrok.exception import PyngrokError
+
     path = default_ngrok_path(options.bin_dir)
     if not path.exists():
         install_ngrok(path.parent)
-    agent = _agent_for(path, token, options.timeout)
-    tunnel_options: dict[str, object] = {}
-    if auth is not None:
-        tunnel_options["basic_auth"] = [f"{auth[0]}:{auth[1]}"]
-        _redact.secrets.add(auth[1])
     _redact.secrets.add(token)
-    remote = _bounded(lambda: ngrok.connect(addr=f"127.0.0.1:{port}", proto="http",
-                                            pyngrok_config=agent.config, **tunnel_options),
-                      agent, options.timeout, token)
-    with _agents().lock:
-        agent.tunnels += 1
-        if agent.tracked is None:
-            proc = ngrok.get_ngrok_process(agent.config).proc
-            # pyngrok forks the agent itself, so it cannot die with us by PDEATHSIG: a guard ends it
-            # (and removes the token file) if this interpreter is killed
-            agent.tracked = processes.registry.adopt(
-                processes.Tracked(name="ngrok", argv=list(proc.args), popen=proc),
-                guard=True, remove=[agent.config_dir])
-    return Tunnel(url=remote.public_url, provider="ngrok", port=port,
+    agent = _agent_for(str(path), token, options.timeout)
+    request: dict[str, object] = {"addr": f"127.0.0.1:{port}", "proto": "http",
+                                  "name": f"colab-magics-{port}-{uuid.uuid4().hex[:8]}"}
+    if auth is not None:
+        request["basic_auth"] = [f"{auth[0]}:{auth[1]}"]
+        _redact.secrets.add(auth[1])
+    try:
+        opened = ngrok.api_request(f"{agent.api_url}/api/tunnels", method="POST", data=request,
+                                   timeout=min(options.timeout, API_TIMEOUT))
+    except PyngrokError as exc:
+        if not agent.tunnels:
+            _end(agent)
+        raise TunnelError(f"ngrok could not open the tunnel: {_first_line(exc).replace(token, '***')}") from None
+    url = opened["public_url"]
+    agent.tunnels[url] = opened["uri"]
+    return Tunnel(url=url, provider="ngrok", port=port,
                   auth_user=auth[0] if auth else None, auth_password=auth[1] if auth else None,
                   process=agent.tracked,
-                  notes=() if auth else ("No password: anyone with this URL can see TensorBoard.",))
+                  notes=() if auth else (Words("No password (", Param("no_auth", True),
+                                               "): anyone with this URL can see TensorBoard."),))
 
 
 def close(tunnel: Tunnel) -> None:
-    """Close the tunnel; end the agent (and remove its token file) with its last tunnel."""
-    _, _, ngrok, process = _pyngrok()
+    """Close the tunnel; end the agent with its last tunnel."""
+    _, _, ngrok, _ = _pyngrok()
     from pyngrok.exception import PyngrokError
 
-    with _agents().lock:
-        agent = next((a for a in _agents().values() if a.tracked is tunnel.process), None)
-        if agent is None:
-            return
-        agent.tunnels -= 1
-        last = agent.tunnels <= 0 or not agent.tracked.alive()
-    if not last:
-        try:
-            ngrok.disconnect(tunnel.url, pyngrok_config=agent.config)
-        except PyngrokError as exc:
-            log.warning("could not close ngrok tunnel %s: %s", tunnel.url, _short(exc))
+    agent = next((a for a in session.current().items(Agent) if a.tracked is tunnel.process), None)
+    if agent is None:
         return
-    _end_agent(agent)
+    uri = agent.tunnels.pop(tunnel.url, None)
+    if agent.tunnels and agent.alive() and uri is not None:
+        try:
+            ngrok.api_request(f"{agent.api_url}{uri}", method="DELETE", timeout=API_TIMEOUT)
+        except PyngrokError as exc:
+            log.warning("could not close ngrok tunnel %s: %s", tunnel.url, _first_line(exc))
+        return
+    _end(agent)
 
 
-def _agent_for(path: Path, token: str, timeout: float) -> _Agent:
-    conf, _, _, _ = _pyngrok()
-    with _agents().lock:
-        agent = _agents().get(str(path))
-        if agent is not None and agent.tracked is not None and agent.tracked.alive():
+def _agent_for(path: str, token: str, timeout: float) -> Agent:
+    """The live agent of `path`, or a new one started and ready within `timeout` seconds."""
+    with _start_lock:
+        agent = session.current().get(Agent, path)
+        if agent is not None and agent.alive():
             return agent
         if agent is not None:
-            _end_agent(agent)
+            _end(agent)
         config_dir = Path(tempfile.mkdtemp(prefix="colab-magics-ngrok-"))  # mode 0700
         config_path = config_dir / "ngrok.yml"
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(f"version: \"2\"\nauthtoken: {json.dumps(token)}\n")
-        config = conf.PyngrokConfig(ngrok_path=str(path), config_path=str(config_path),
-                                    startup_timeout=max(1, int(timeout)), start_new_session=True,
-                                    monitor_thread=True, config_version="2")
-        config.auth_token = None  # else pyngrok adds `--authtoken TOKEN` to the agent's argv
-        config.api_key = None
-        agent = _Agent(config=config, config_dir=config_dir)
-        _agents().add(str(path), agent)
+            out.write('version: "2"\n')  # no authtoken here: NGROK_AUTHTOKEN, below
+        startup = _Startup()
+        argv = [path, "start", "--none", "--log", "stdout", "--config", str(config_path)]
+        try:
+            tracked, api_url = session.current().processes.start_ready(
+                argv, name="the ngrok agent", ready=startup.ready, timeout=timeout, on_line=startup.read,
+                env={"NGROK_AUTHTOKEN": token})
+        except HelperNotReady as exc:
+            said = startup.error or exc.last
+            what = f"exited with code {exc.returncode}" if exc.died else f"did not start a tunnel within {timeout:.0f} s"
+            raise TunnelError(f"the ngrok agent {what}: {(said or '(no output)').replace(token, '***')}: "
+                              "check the authtoken and the network, or try ",
+                              Param("provider", "cloudflared")) from None
+        finally:
+            shutil.rmtree(config_dir, ignore_errors=True)  # read at start; nothing of ours stays on disk
+        agent = Agent(path, tracked, api_url)
+        session.current().track(agent, path)
         return agent
 
 
-def _bounded(call, agent: _Agent, timeout: float, token: str):
-    """Run a pyngrok call that may start the agent, giving up after `timeout` seconds."""
-    from pyngrok.exception import PyngrokError
+class _Startup:
+    """What pyngrok waits for in the agent's start-up log (pyngrok/process.py `NgrokProcess.healthy`)."""
 
-    outcome: dict[str, object] = {}
+    def __init__(self) -> None:
+        self.api_url: str | None = None
+        self.connected = self.started = False
+        self.error: str | None = None
 
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except PyngrokError as exc:
-            outcome["error"] = exc
+    def read(self, line: str) -> None:
+        _, _, _, NgrokLog = _pyngrok()
+        entry = NgrokLog(line)
+        if entry.lvl in ("ERROR", "CRITICAL"):
+            self.error = entry.err or entry.msg
+        elif entry.msg and "starting web service" in entry.msg and entry.addr:
+            self.api_url = f"http://{entry.addr}"
+        elif entry.msg and "client session established" in entry.msg:
+            self.connected = True
+        elif entry.msg and "tunnel session started" in entry.msg:
+            self.started = True
 
-    worker = threading.Thread(target=run, name="ngrok-connect", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        # pyngrok holds its process lock while it reads the agent's start-up lines, so neither its
-        # get_process nor kill_process can be called now: end the agent directly (by pid), which
-        # ends that read.
-        for pid in _children_running(agent.config.ngrok_path):
-            _kill(pid)
-        worker.join(5)
-        _end_agent(agent)
-        raise TunnelError(f"the ngrok agent did not start a tunnel within {timeout:.0f} s: "
-                          "check your network, or try ", Param("provider", "cloudflared"))
-    if "error" in outcome:
-        _end_agent(agent)
-        message = _short(outcome["error"]).replace(token, "***")
-        raise TunnelError(f"ngrok could not open the tunnel: {message}") from None
-    return outcome["value"]
+    def ready(self) -> str | None:
+        return self.api_url if self.api_url and self.connected and self.started else None
 
 
-def end_agents() -> None:
-    """End every agent of this session (and remove its token file), tunnels or not."""
-    for agent in _agents().values():
-        _end_agent(agent)
+def _end(agent: Agent) -> None:
+    agent.close()
+    session.current().untrack(agent, agent.path)
 
 
-def _children_running(path: str) -> list[int]:
-    """Pids of this process's children running the program at `path` (Linux: read from /proc)."""
-    me, found = os.getpid(), []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        # argv[0] is the agent, or an interpreter whose argv[1] is the agent (a script with #!)
-        if ppid == me and os.fsencode(path) in argv[:2]:
-            found.append(int(entry.name))
-    return found
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _end_agent(agent: _Agent) -> None:
-    _, _, ngrok, _ = _pyngrok()
-    ngrok.kill(agent.config)
-    if agent.tracked is not None:
-        processes.registry.stop(agent.tracked)
-    shutil.rmtree(agent.config_dir, ignore_errors=True)
-    _agents().remove(agent.config.ngrok_path, agent)
-
-
-def _short(exc: BaseException) -> str:
+def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 from pathlib import Path
 
-from colab_magics import processes
-from colab_magics.errors import Param, TunnelError, Words
+from colab_magics import processes, session
+from colab_magics.errors import HelperNotReady, Param, TunnelError, Words
 from colab_magics.tunnels import Tunnel, TunnelOptions
 
 TARGET = re.compile(r"^(?P<user>[^@\s]+)@(?P<host>[^:\s]+)(?::(?P<port>\d+))?$")
 FORWARDED = re.compile(r"remote forward success|Allocated port (?P<port>\d+) for remote forward")
 SERVER_URL = re.compile(r"https?://[^\s'\"<>]+")
+_CHATTER = ("debug", "OpenSSH", "Authenticated", "Transferred")  # ssh -v lines that are not the server's
 URL_GRACE = 2.0  # after the forward is up, how long to wait for a URL printed by the server
 
 
@@ -60,7 +60,6 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
     """Start ssh, wait (bounded) for the remote forward, then for a URL if none was given."""
     argv = build_argv(port, options)
     _, host, _ = parse_target(options.ssh_target or "")
-    forwarded = threading.Event()
     state: dict[str, object] = {}
 
     def on_line(line: str) -> None:
@@ -68,20 +67,21 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
         if match:
             if match["port"]:
                 state["remote_port"] = int(match["port"])
-            forwarded.set()
-        elif not line.startswith(("debug", "OpenSSH", "Authenticated", "Transferred")):
+            state["forwarded"] = True
+        elif not line.startswith(_CHATTER):
             url = SERVER_URL.search(line)
             if url and "url" not in state:
                 state["url"] = url.group(0)
 
-    tracked = processes.registry.start(argv, name=f"ssh:{port}", on_line=on_line)
-    if not processes.wait_until(forwarded.is_set, timeout=options.timeout, tracked=tracked):
-        died = not tracked.alive()
-        tail = tracked.output_tail(40)
-        processes.registry.stop(tracked)
-        what = f"exited with code {tracked.popen.returncode}" if died else \
+    try:
+        tracked, _ = session.current().processes.start_ready(
+            argv, name=f"ssh:{port}", ready=lambda: state.get("forwarded"), timeout=options.timeout,
+            on_line=on_line)
+    except HelperNotReady as exc:
+        what = f"exited with code {exc.returncode}" if exc.died else \
             f"did not set up the forward within {options.timeout:.0f} s"
-        raise TunnelError(f"ssh to {options.ssh_target} {what}: {_reason(tail)}")
+        reason = processes.last_lines(exc.tail, 1, skip=("debug",)) or "(no output)"
+        raise TunnelError(f"ssh to {options.ssh_target} {what}: {reason}") from None
     if options.url is None:
         processes.wait_until(lambda: "url" in state, timeout=URL_GRACE, tracked=tracked)
     remote_port = state.get("remote_port", options.remote_port)
@@ -93,11 +93,5 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
 
 def close(tunnel: Tunnel) -> None:
     if tunnel.process is not None:
-        processes.registry.stop(tunnel.process)
-
-
-def _reason(tail: str) -> str:
-    interesting = [line for line in tail.splitlines()
-                   if line.strip() and not line.startswith("debug")]
-    return interesting[-1] if interesting else "(no output)"
+        tunnel.process.stop()
 

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from colab_magics import archiver, workers
+from colab_magics import archiver, chief
 from conftest import free_port
 
 TWO_WORKERS = {"cluster": {"worker": ["a:1", "b:1"]}}
@@ -49,13 +49,8 @@ TWO_WORKERS = {"cluster": {"worker": ["a:1", "b:1"]}}
     ({"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]}}), "SLURM_PROCID": "3"}, "SLURM_PROCID=3"),
 ])
 def test_the_chief_per_launcher(env, reason):
-    assert workers.not_chief_reason(env) == reason
-    assert workers.is_chief(env) is (reason is None)
-
-
-def test_the_old_names_still_work():
-    assert archiver.is_chief({"PMI_RANK": "1"}) is False
-    assert archiver.not_chief_reason({"HOROVOD_RANK": "0"}) is None
+    assert chief.not_chief_reason(env) == reason
+    assert chief.is_chief(env) is (reason is None)
 
 
 def test_a_non_chief_archiver_skips_with_the_reason(monkeypatch, tmp_path):
@@ -68,18 +63,18 @@ def test_a_non_chief_archiver_skips_with_the_reason(monkeypatch, tmp_path):
 
 
 def run_python(code: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in workers.RANK_VARIABLES and k != "TF_CONFIG"}
+    clean = {k: v for k, v in os.environ.items() if k not in chief.RANK_VARIABLES and k != "TF_CONFIG"}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
 
 TORCH_WORKER = """
     import torch.distributed as dist
-    from colab_magics import workers
-    assert workers.is_chief(), "nothing initialised yet: alone means chief"
+    from colab_magics import chief
+    assert chief.is_chief(), "nothing initialised yet: alone means chief"
     dist.init_process_group("gloo", init_method="{url}",
                             rank={rank}, world_size=2)
-    print("REASON", workers.not_chief_reason())
+    print("REASON", chief.not_chief_reason())
     dist.barrier()
     dist.destroy_process_group()
 """
@@ -88,7 +83,7 @@ TORCH_WORKER = """
 def test_torch_distributed_group_of_two_real_processes(tmp_path):
     url = f"tcp://127.0.0.1:{free_port()}"
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(TORCH_WORKER.format(url=url, rank=rank))],
-                              env={k: v for k, v in os.environ.items() if k not in workers.RANK_VARIABLES},
+                              env={k: v for k, v in os.environ.items() if k not in chief.RANK_VARIABLES},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in (0, 1)]
     outputs = []
@@ -104,8 +99,8 @@ def test_torch_distributed_group_of_two_real_processes(tmp_path):
 def test_torch_imported_but_not_initialised_is_alone():
     result = run_python("""
         import torch.distributed
-        from colab_magics import workers
-        print(workers.not_chief_reason())
+        from colab_magics import chief
+        print(chief.not_chief_reason())
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
@@ -114,8 +109,8 @@ def test_torch_imported_but_not_initialised_is_alone():
 def test_detection_never_imports_jax_or_torch():
     result = run_python("""
         import sys
-        from colab_magics import workers
-        workers.not_chief_reason()
+        from colab_magics import chief
+        chief.not_chief_reason()
         print(sorted(m for m in ("jax", "torch") if m in sys.modules))
     """)
     assert result.stdout.strip() == "[]", result.stderr
@@ -125,10 +120,10 @@ def test_jax_multi_host_runtime_is_asked_once_initialised():
     port = free_port()
     result = run_python(f"""
         import jax
-        from colab_magics import workers
-        before = workers.not_chief_reason()
+        from colab_magics import chief
+        before = chief.not_chief_reason()
         jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=1, process_id=0)
-        print(before, workers._jax_process_index(), workers.not_chief_reason())
+        print(before, chief._jax_process_index(), chief.not_chief_reason())
         jax.distributed.shutdown()
     """, env={"JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-2000:]
