@@ -1,10 +1,42 @@
 """colab_magics: IPython magics for training on ephemeral notebook VMs.
 
-`%load_ext colab_magics` registers the magics. Nothing heavy is imported here: google-cloud-storage,
-TensorFlow, TensorBoard and pyngrok are imported inside the functions that need them.
+`%load_ext colab_magics` registers the magics. Nothing heavy is imported here: the public names in
+`__all__` are looked up on first use (PEP 562), and google-cloud-storage, TensorFlow, TensorBoard and
+pyngrok are imported inside the functions that need them.
+
+The Python API in short (the modules hold the rest: `colab_magics.mount`, `colab_magics.tensorboard`,
+`colab_magics.tunnels`, and the colab_utils names in `colab_magics.gcloud` / `colab_magics.tboard`)::
+
+    from colab_magics import sign_in, save_run, load_run, list_archives, resume, Settings
 """
 
 __version__ = "0.1.0"
+
+#: public name → the module that defines it
+_PUBLIC = {
+    "sign_in": "auth",
+    "save_run": "runs",
+    "load_run": "runs",
+    "list_archives": "runs",
+    "resume": "runs",
+    "Archiver": "archiver",
+    "start_background": "archiver",
+    "stop_background": "archiver",
+    "HuggingFaceArchiveCallback": "callbacks",
+    "LightningArchiveCallback": "callbacks",
+    "GcsArchiveCallback": "tf_hooks",
+    "Settings": "settings",
+    "ColabMagicsError": "errors",
+}
+__all__ = ["load_ipython_extension", "unload_ipython_extension", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython) -> None:

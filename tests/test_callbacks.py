@@ -216,7 +216,7 @@ def test_bad_destination_or_interval_fails_before_training(name, library, reques
         cls("gs://fine-bucket", every="soon")
     with pytest.raises(InvalidArgument, match="destination must be"):
         cls(None)
-    with pytest.raises(ColabMagicsError, match="keep must be at least 1"):
+    with pytest.raises(ColabMagicsError, match="keep= must be a whole number of at least 1"):
         cls("gs://fine-bucket", keep=0)
 
 

@@ -204,9 +204,10 @@ def test_gcloud_script_runs_verbatim(ip, bucket, tf, tmp_path, monkeypatch, requ
     assert "model.ckpt-500.index" not in names
     restored = tmp_path / "log" / "training-run-2"
     assert tf.train.latest_checkpoint(str(restored)) == str(restored / "model.ckpt-1000")
-    if FUSE_OK:
-        local_path = ip.user_ns["local_path"]
-        assert local_path in Path("/proc/mounts").read_text()
+    if not FUSE_OK:
+        pytest.skip("the script ran up to its gcsfuse part: mounting needs FUSE and rclone")
+    local_path = ip.user_ns["local_path"]
+    assert local_path in Path("/proc/mounts").read_text()
 
 
 def test_gcloud_auth_save_and_load_blocks_run_verbatim(bucket, tf, tmp_path):
