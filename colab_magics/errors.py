@@ -64,6 +64,7 @@ ACTIONS = {
     "archive_stop": "colab_magics.archiver.stop_background",
     "archive_status": "colab_magics.archiver.background",
     "tunnel": "colab_magics.tensorboard.serve",
+    "cleanup": "colab_magics.runs.remove_debris",
 }
 
 
@@ -237,6 +238,10 @@ class StorageUnreachable(StorageError):
 
 class ArchiveNotFound(StorageError):
     """No archive matches what was asked for."""
+
+
+class ArchiveConflict(StorageError):
+    """The archive's name is taken by an archive of other files (another run's): nothing was uploaded."""
 
 
 class UploadFailed(StorageError):

@@ -73,40 +73,34 @@ def write_zip(
     raised before the zip's central directory is written and nothing more reaches `out`, so an
     upload fed by `out` is never finalized with a torn file. The other members (event logs, state
     files) are taken as they were when opened. `on_bytes(n)` is called as bytes are read.
+    The layout is `ziplayout`'s with a single job (the same bytes a parallel save composes).
     """
-    sink = _Sink(out)
+    from colab_magics import ziplayout
+
     strict = _expected(strict)
-    taken: list[_Source] = []
-    count = 0
-    buffer = bytearray(COPY_BLOCK)
-    view = memoryview(buffer)
-    with zipfile.ZipFile(sink, mode="w", allowZip64=True) as zf, sink.abandoned_on_error():
-        for path in files:
-            with _Source(path, path in strict, strict.get(path), on_bytes) as src:
-                info = _zip_info(path.relative_to(root).as_posix(), src.stat)
-                info.compress_type = choose_compression(path, src.size, src.sample())
-                if info.compress_type == zipfile.ZIP_DEFLATED:
-                    info._compresslevel = 1  # fast: checkpoints are big and rarely very compressible
-                with zf.open(info, "w", force_zip64=src.size > 2**31) as dst, sink.abandoned_on_error():
-                    while n := src.readinto(buffer):
-                        dst.write(view[:n])
-                    src.check()
-            taken.append(src)
-            count += 1
-        _check_unchanged(taken)  # a file read early may have been rewritten since
-        zf.comment = comment
-    return count
+    members = []
+    for path in files:
+        planned = ziplayout.member(path, path.relative_to(root).as_posix(), path in strict)
+        if not same_version(strict.get(path) or planned.signature, planned.signature):
+            raise FileChanged(path, "changed before it was read")
+        members.append(planned)
+    layout = ziplayout.plan(members)
+    written = ziplayout.write_job(out, layout, layout.segments[0], on_bytes=on_bytes)
+    out.write(ziplayout.assemble(layout, {0: written}, comment).directory)
+    return len(members)
 
 
 def write_targz(
     out: BinaryIO,
-    root: Path,
+    root: Path | None,
     files: Iterable[Path],
     *,
     strict: Collection[Path] | Mapping[Path, Signature | None] = (),
     on_bytes: Callable[[int], None] | None = None,
+    names: Mapping[Path, str] | None = None,
 ) -> int:
-    """Write `files` (paths inside `root`) as a tar.gz into the stream `out`; return the member count.
+    """Write `files` (paths inside `root`, or named by `names`) as a tar.gz into the stream `out`;
+    return the member count.
 
     Sequential (a tar written into a GzipFile, 4 MiB at a time), so `out` need not seek. The gzip
     level follows `choose_compression` on the largest file: 1 when it compresses, 0 (stored blocks)
@@ -127,24 +121,13 @@ def write_targz(
             sink.abandoned_on_error():
         for path in files:
             with _Source(path, path in strict, strict.get(path), on_bytes) as src:
-                info = tarfile.TarInfo(path.relative_to(root).as_posix())
+                info = tarfile.TarInfo(names[path] if names else path.relative_to(root).as_posix())
                 info.size, info.mtime, info.mode = src.size, src.stat.st_mtime, src.stat.st_mode & 0o7777
                 tar.addfile(info, src)
                 src.check()
             taken.append(src)
         _check_unchanged(taken)
     return len(taken)
-
-
-def _zip_info(arcname: str, st: os.stat_result) -> zipfile.ZipInfo:
-    """`ZipInfo.from_file` from a stat result we already hold (dates before 1980 become 1980)."""
-    date_time = time.localtime(st.st_mtime)[:6]
-    if date_time[0] < 1980:
-        date_time = (1980, 1, 1, 0, 0, 0)
-    info = zipfile.ZipInfo(arcname, date_time)
-    info.external_attr = (st.st_mode & 0xFFFF) << 16
-    info.file_size = st.st_size
-    return info
 
 
 class Signature(NamedTuple):
@@ -155,10 +138,24 @@ class Signature(NamedTuple):
     size: int
     mtime_ns: int
     ctime_ns: int
+    nlink: int = 1
 
 
 def file_signature(st: os.stat_result) -> Signature:
-    return Signature(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return Signature(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
+
+
+def same_version(before: Signature | None, after: Signature | None) -> bool:
+    """Whether a file still holds what it held at `before`.
+
+    A link added or removed (our hard-link snapshot, a library deleting the step it rotates out) moves
+    the ctime too, without touching the data: then only dev, inode, size and mtime are compared.
+    """
+    if before is None or after is None:
+        return before is after
+    if before.nlink != after.nlink:
+        return before[:4] == after[:4]
+    return before == after
 
 
 def _expected(strict) -> dict:
@@ -172,8 +169,46 @@ def _check_unchanged(sources: list[_Source]) -> None:
                 now = os.stat(src.path)
             except FileNotFoundError:
                 raise FileChanged(src.path, "was deleted while the archive was written") from None
-            if file_signature(now) != file_signature(src.stat):
+            if not same_version(file_signature(src.stat), file_signature(now)):
                 raise FileChanged(src.path, "changed while the archive was written")
+
+
+# --- reading files that training may be writing -------------------------------------------------
+READ_TRIES = 3  # reads of an archive whose files change meanwhile, before the save gives up
+SETTLE_SECONDS = 0.5  # the files must look the same at least this long, around the whole read
+SETTLE_DEADLINE = 3.0  # how long a changed file is watched for quiet before it is read again
+
+
+def signatures(paths: Iterable[Path]) -> dict[Path, Signature | None]:
+    """Each path's signature now (None: it does not exist)."""
+    seen = {}
+    for path in paths:
+        try:
+            seen[path] = file_signature(os.stat(path))
+        except FileNotFoundError:
+            seen[path] = None
+    return seen
+
+
+def changed_since(expected: Mapping[Path, Signature | None], started: float) -> list[Path]:
+    """The files of `expected` whose signature is no longer the one given, looked at no sooner than
+    SETTLE_SECONDS after `started` (monotonic): a file caught between a truncate and its next write
+    looks unchanged while a small archive is read; not for that long."""
+    time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - started)))
+    now = signatures(expected)
+    return [path for path, signature in expected.items() if not same_version(signature, now[path])]
+
+
+def wait_until_quiet(paths: Iterable[Path]) -> None:
+    """Return once none of `paths` has changed for SETTLE_SECONDS, or after SETTLE_DEADLINE."""
+    paths = list(paths)
+    deadline = time.monotonic() + SETTLE_DEADLINE
+    seen, quiet_since = signatures(paths), time.monotonic()
+    while time.monotonic() - quiet_since < SETTLE_SECONDS and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = signatures(paths)
+        if now != seen:
+            seen, quiet_since = now, time.monotonic()
 
 
 class _Source:
@@ -181,11 +216,14 @@ class _Source:
 
     Only a regular file is opened, and with O_NONBLOCK, so a FIFO (or one swapped in meanwhile)
     never blocks the save. A file whose signature is not `expect` (when given) is FileChanged at
-    once; `check()` raises FileChanged if a `strict` file changed since it was opened.
+    once; `check()` raises FileChanged if a `strict` file changed since it was opened. With `start`
+    and `length`, only that range is read (a piece of a member that several writers share): then
+    `expect` is the signature the archive was planned with, and a file that is not `strict` (an event
+    log, which only grows) need only be the same file, at least that long.
     """
 
     def __init__(self, path: Path, strict: bool = False, expect: Signature | None = None,
-                 on_bytes: Callable[[int], None] | None = None):
+                 on_bytes: Callable[[int], None] | None = None, start: int = 0, length: int | None = None):
         self.path, self.strict, self._on_bytes = path, strict, on_bytes
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise RunDirError(f"{path} is not a regular file (a FIFO, socket or device): it cannot be archived; "
@@ -197,10 +235,17 @@ class _Source:
             self.file.close()
             raise RunDirError(f"{path} is not a regular file (a FIFO, socket or device): it cannot be archived; "
                               "move it out of the run directory")
-        self.size = self._left = self.stat.st_size
-        if expect is not None and file_signature(self.stat) != expect:
+        self.size = self._left = self.stat.st_size - start if length is None else length
+        now = file_signature(self.stat)
+        if expect is not None and not (same_version(expect, now) if strict or length is None
+                                       else expect[:2] == now[:2]):
             self.file.close()
             raise FileChanged(path, "changed before it was read")
+        if start + self.size > self.stat.st_size:
+            self.file.close()
+            raise FileChanged(path, f"shrank before it was read ({self.stat.st_size} of {start + self.size} bytes)")
+        if start:
+            os.lseek(fd, start, os.SEEK_SET)
 
     def __enter__(self) -> "_Source":
         return self
@@ -223,6 +268,18 @@ class _Source:
             self._on_bytes(n)
         return n
 
+    def block(self, size: int) -> bytes:
+        """Up to `size` of the bytes left, as one new bytes object (b"" once all were read)."""
+        if not self._left:
+            return b""
+        data = self.file.read(min(size, self._left))
+        if not data:
+            raise FileChanged(self.path, f"shrank while it was read ({self.size - self._left} of {self.size} bytes)")
+        self._left -= len(data)
+        if self._on_bytes is not None:
+            self._on_bytes(len(data))
+        return data
+
     def read(self, size: int = -1) -> bytes:
         """Exactly `size` bytes (or what is left of the size at opening): tarfile takes less as an error."""
         want = self._left if size is None or size < 0 else min(size, self._left)
@@ -233,7 +290,7 @@ class _Source:
         return bytes(data)
 
     def check(self) -> None:
-        if self.strict and file_signature(os.fstat(self.file.fileno())) != file_signature(self.stat):
+        if self.strict and not same_version(file_signature(self.stat), file_signature(os.fstat(self.file.fileno()))):
             raise FileChanged(self.path, "changed while it was read")
 
 

@@ -9,20 +9,23 @@ restarted from an earlier step, or one without step numbers, is still retained a
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
-import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from colab_magics import auth, checkpoints, packing, progress, restore, storage, transfer
-from colab_magics.settings import Settings, effective
+from colab_magics import (auth, checkpoints, composite, packing, progress, restore, snapshot, storage, transfer,
+                          ziplayout)
+from colab_magics.settings import Settings, check_streams, effective
 from colab_magics.errors import (
+    ArchiveConflict,
     ArchiveNotFound,
     CheckpointChanging,
+    CorruptArchive,
     DownloadFailed,
     NoCheckpointFound,
     InvalidValue,
@@ -37,9 +40,7 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_NAME = re.compile(r"^(?P<run>.+)\.(?P<mtime>mtime-)?(?P<step>\d+)\.(?P<ext>zip|tar\.gz|tgz)$")
 FORMATS = {"zip": "application/zip", "tar.gz": "application/gzip"}  # archive format → content type
-READ_TRIES = 3  # reads of a step whose files change meanwhile, before the save gives up
-SETTLE_SECONDS = 0.5  # the step's files must look the same at least this long, around the whole read
-SETTLE_DEADLINE = 3.0  # how long a changed file is watched for quiet before it is read again
+CONTENT_KEY = "colab-magics-content"  # object metadata: ziplayout.content_hash of the checkpoint's files
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class Skipped:
     step: int
     reason: "str | Words"
     step_from: str = "name"
+    kind: str = "exists"  # "exists": this content is in the bucket; "raced": another saver wrote the name
+    # meanwhile; "vanished": the step was deleted while it was saved (a library rotating checkpoints)
 
 
 class Restored(str):
@@ -174,44 +177,83 @@ def save_run(
     the format of colab_utils' GcsArchiveHook): every file but the other steps of each checkpoint
     series, event files (unless `events`) and what `exclude` globs name (see `checkpoints.plan`).
     With `dry_run`, return what would be archived and upload nothing. RUN is `run_name` if given
-    (colab_utils' `basename`), else the run directory's name."""
+    (colab_utils' `basename`), else the run directory's name. A zip of PARALLEL_MIN bytes or more
+    travels as `settings.streams` parallel parts composed into the one object (`composite`)."""
     settings = effective(settings)
+    check_streams(settings.streams)
     if fmt not in FORMATS:
         raise InvalidValue(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}", param="fmt")
     check_keep(keep)
     plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include)
-    ckpt, root, members = plan.checkpoint, plan.root, list(plan.files)
+    ckpt, root, files = plan.checkpoint, plan.root, list(plan.files)
     location = storage.parse_url(destination)
     if run_name is not None and (not run_name.strip() or "/" in run_name):
         raise InvalidValue(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'",
                            param="run_name")
     run = run_name or root.resolve().name
     target = location.child(archive_name(run, ckpt.step, fmt, step_from=ckpt.step_from))
+    storage.check_object_name(target)
     if dry_run:
         return _planned(plan, target.url, run)
     client = client or auth.storage_client()
     bucket = storage.require_bucket(client, location, settings.retry_deadline)
-    blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
-    if not force:
-        with storage.translated_errors(target, "check"):
-            if blob.exists(**storage.request_options(settings.retry_deadline)):
+    identity = {f.relative_to(root).as_posix() for f in ckpt.files}  # what "the same archive" compares
+    try:
+        members = [ziplayout.member(f, f.relative_to(root).as_posix(), _strict(f)) for f in files]
+        if not force:
+            existing = _existing(bucket, target, settings)
+            if existing is not None:
+                if not _same_content(existing, members, identity, settings):
+                    raise ArchiveConflict(
+                        f"{target.url} already holds an archive of other files (another run saved under this "
+                        f"name, or step {ckpt.step} was written again since): nothing was uploaded; rename the run "
+                        "directory or save under another prefix, or pass ", Param("force", True), " to replace it")
                 return Skipped(target.url, run, ckpt.step,
                                Words("already in the bucket (use ", Param("force", True), " to replace it)"),
                                ckpt.step_from)
-    started = time.monotonic()
-    manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "step_from": ckpt.step_from,
-                "layout": ckpt.layout, "checkpoint": ckpt.path.relative_to(root).as_posix()}
-    # the step's own files must not change while read; the TF state file is rewritten on restore anyway
-    stable = {f for f in ckpt.files if f.name != checkpoints.STATE_FILE}
-    try:
-        size, reread = _upload_consistent(blob, root, members, stable, json.dumps(manifest).encode(),
-                                          force, settings, fmt)
+        known = _archived(location, run, client, settings) if keep else None  # what retention may delete
+        started = time.monotonic()
+        manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "step_from": ckpt.step_from,
+                    "layout": ckpt.layout, "checkpoint": ckpt.path.relative_to(root).as_posix()}
+        with snapshot.Snapshot(root, files) as snap:  # a step the library rotates out meanwhile stays readable
+            members = ziplayout.refreshed(replace(m, path=snap.path(m.path), origin=m.path) for m in members)
+            size, reread = _upload(bucket, target, location, members, identity, json.dumps(manifest).encode(),
+                                   force, settings, fmt)
+    except (snapshot.Vanished, FileNotFoundError) as exc:
+        path = getattr(exc, "path", None) or _origin(getattr(exc, "filename", None), members) or "a file"
+        log.info("step %s of %s: %s was deleted while it was saved (rotated out by the training library?): "
+                 "skipped; a newer step is archived next", ckpt.step, root, path)
+        return Skipped(target.url, run, ckpt.step, f"{path} was deleted while it was saved (rotated out by the "
+                       "training library?): a newer step is archived next", ckpt.step_from, kind="vanished")
     except _PreconditionFailed:
-        return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile", ckpt.step_from)
-    deleted = prune(location, run, keep, client=client, protect=target.url,
+        return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile", ckpt.step_from,
+                       kind="raced")
+    deleted = prune(location, run, keep, client=client, protect=target.url, spare_unless=known,
                     deadline=settings.retry_deadline) if keep else ()
-    return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started,
+    return Saved(target.url, run, ckpt.step, size, len(files), ckpt.path, time.monotonic() - started,
                  deleted, ckpt.step_from, reread, plan.left_out_count("older"))
+
+
+def remove_debris(location: str, *, settings: Settings | None = None, client=None) -> "composite.Cleaned":
+    """Delete, now, the temporary parts that parallel saves left under gs://BUCKET[/PREFIX] and every
+    prefix below it (a killed save's; the next save to a prefix removes those older than
+    `composite.PARTS_MAX_AGE` itself). The parts of a save running now go too: that save then fails."""
+    settings = effective(settings)
+    loc = storage.parse_url(location)
+    client = client or auth.storage_client()
+    storage.require_bucket(client, loc, settings.retry_deadline)
+    return composite.remove_debris(client, loc, deadline=settings.retry_deadline)
+
+
+def _origin(path, members) -> Path | None:
+    """The user's name of a file we read through a link."""
+    return next((m.shown for m in members if str(m.path) == str(path)), path)
+
+
+def _strict(path: Path) -> bool:
+    """Whether a member must not change while read: all but event logs (they only grow, and are taken as
+    they were when opened) and TF's state file (rewritten on restore anyway)."""
+    return not (fnmatch.fnmatch(path.name, checkpoints.EVENTS_GLOB) or path.name == checkpoints.STATE_FILE)
 
 
 def _planned(plan: checkpoints.Plan, url: str, run: str) -> Planned:
@@ -230,99 +272,131 @@ class _PreconditionFailed(Exception):
     pass
 
 
-def _upload_consistent(blob, root: Path, members: list[Path], stable: set[Path], comment: bytes, force: bool,
-                       settings: Settings, fmt: str) -> tuple[int, tuple[str, ...]]:
-    """Upload the archive; read the step again (once its files settle) while one changes under us.
+def _existing(bucket, target: storage.GcsPath, settings: Settings):
+    """The object under the archive's name, with its metadata, or None."""
+    with storage.translated_errors(target, "check"):
+        return bucket.get_blob(target.path, **storage.request_options(settings.retry_deadline))
 
-    Returns the size and the files that forced a re-read; a step that keeps changing is a
-    CheckpointChanging naming the file, and no object is left under the name.
-    """
-    reread: list[str] = []
-    for attempt in range(READ_TRIES):
-        if attempt:
-            _wait_until_quiet(stable)
-        started = time.monotonic()
+
+def _content(members, identity: set[str]) -> list[ziplayout.Member]:
+    """The members that identify an archive: the checkpoint's own files (all strict ones if none)."""
+    chosen = [m for m in members if m.name in identity and m.strict]
+    return chosen or [m for m in members if m.strict]
+
+
+def _same_content(existing, members, identity: set[str], settings: Settings) -> bool:
+    """Whether the archive in the bucket holds this step's files: by the content hash saves record in
+    its metadata, else (an archive written without it) by its zip index; a tar.gz without it cannot tell."""
+    mine = _content(members, identity)
+    recorded = (existing.metadata or {}).get(CONTENT_KEY)
+    if recorded is not None:
+        return recorded == ziplayout.content_hash(mine)
+    if not existing.name.endswith(".zip") or not existing.size:
+        return False
+    options = storage.request_options(settings.retry_deadline)
+    with storage.translated_errors(f"gs://{existing.bucket.name}/{existing.name}", "read"):
         try:
-            expected = _signatures(stable)
-            size = _upload_archive(blob, root, members, expected, started, comment, force, settings, fmt)
-            return size, tuple(reread)
-        except packing.FileChanged as exc:
-            log.info("%s %s: reading the step again once it settles", exc.path, exc.what)
-            reread.append(exc.path.relative_to(root).as_posix())
-            changing = exc.path
-    raise CheckpointChanging(
-        f"{changing} kept changing while it was read ({READ_TRIES} tries): nothing was uploaded; "
-        "save again once training has written it", path=changing)
+            index = packing.read_zip_index(
+                existing.size, lambda a, b: existing.download_as_bytes(start=a, end=b, checksum=None, **options))
+        except CorruptArchive:
+            return False
+    return ziplayout.holds_same_content(mine, index)
 
 
-def _signatures(paths) -> dict[Path, packing.Signature | None]:
-    seen = {}
-    for path in paths:
-        try:
-            seen[path] = packing.file_signature(os.stat(path))
-        except FileNotFoundError:
-            seen[path] = None  # the read will say it is missing
-    return seen
+def _archived(location: storage.GcsPath, run: str, client, settings: Settings) -> frozenset:
+    """(name, generation) of the run's archives now: retention after this save deletes only among these."""
+    return frozenset((a.name, a.generation) for a in
+                     list_archives(location, run, client=client, deadline=settings.retry_deadline))
 
 
-def _unchanged_since(expected: dict[Path, packing.Signature | None], started: float) -> None:
-    """Raise FileChanged unless the step's files kept their signatures for SETTLE_SECONDS since `started`.
-
-    A file caught between a truncate and its next write looks unchanged while a small archive is read;
-    not for that long. Called before the upload's last chunk, so waiting costs only small saves.
-    """
-    time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - started)))
-    now = _signatures(expected)
-    for path, signature in expected.items():
-        if now[path] != signature:
-            raise packing.FileChanged(path, "changed while the archive was written")
-
-
-def _wait_until_quiet(paths: set[Path]) -> None:
-    """Return once none of `paths` has changed for SETTLE_SECONDS, or after SETTLE_DEADLINE."""
-    deadline = time.monotonic() + SETTLE_DEADLINE
-    seen, quiet_since = _signatures(paths), time.monotonic()
-    while time.monotonic() - quiet_since < SETTLE_SECONDS and time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = _signatures(paths)
-        if now != seen:
-            seen, quiet_since = now, time.monotonic()
-
-
-def _upload_archive(blob, root: Path, members: list[Path], stable: dict[Path, packing.Signature | None],
-                    started: float, comment: bytes, force: bool, settings: Settings, fmt: str) -> int:
-    """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists.
-
-    packing.FileChanged (a file of the step changed while read) is raised before the upload's last
-    chunk is sent, so nothing appears under the name.
-    """
+def _upload(bucket, target: storage.GcsPath, location: storage.GcsPath, members: list[ziplayout.Member],
+            identity: set[str], comment: bytes, force: bool, settings: Settings, fmt: str) -> tuple[int, tuple]:
+    """Upload the archive of `members` as one stream or, when big enough, as parallel parts; return its
+    size and the files that were read again. Failures come out as one-line errors."""
     from google.api_core.exceptions import PreconditionFailed
 
-    total = sum(p.stat().st_size for p in members)
-    bar = transfer.progress_bar(total, f"upload {blob.name}", settings)
-    on_bytes = bar.update if bar else None
+    total = sum(m.size for m in members)
+    bar = transfer.progress_bar(total, f"upload {target.path}", settings)
 
-    def write(out) -> int:
-        if fmt == "zip":
-            packing.write_zip(out, root, members, comment=comment, strict=stable, on_bytes=on_bytes)
-        else:
-            packing.write_targz(out, root, members, strict=stable, on_bytes=on_bytes)
-        _unchanged_since(stable, started)
-        return out.tell()  # BlobWriter.tell(): every byte written, the archive's size
+    def metadata(archived) -> dict:
+        return {CONTENT_KEY: ziplayout.content_hash(_content(archived, identity))}
 
     try:
-        with storage.translated_errors(blob.bucket.name + "/" + blob.name, "upload to"):
+        with storage.translated_errors(target, "upload to"):
             try:
-                return transfer.upload_stream(blob, write, content_type=FORMATS[fmt],
-                                              if_generation_match=None if force else 0, settings=settings)
+                if fmt == "zip" and composite.parallel(total, settings.streams, location):
+                    done = composite.upload_zip(bucket, target.path, location, members, comment, force=force,
+                                                settings=settings, metadata=metadata,
+                                                on_bytes=bar.update if bar else None)
+                    return done.size, done.reread
+                blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
+                return _upload_consistent(blob, members, comment, force, settings, fmt, metadata, bar)
             except PreconditionFailed:
                 raise _PreconditionFailed() from None
+    except FileNotFoundError:
+        raise
     except OSError as exc:  # reading a member failed (network errors were translated above)
-        raise UploadFailed(f"could not read {getattr(exc, 'filename', '') or 'a file'} while archiving: "
+        raise UploadFailed(f"could not read {_origin(exc.filename, members) or 'a file'} while archiving: "
                            f"{exc.strerror or exc}; nothing was uploaded") from None
     finally:
         if bar is not None:
             bar.close()
+
+
+def _upload_consistent(blob, members: list[ziplayout.Member], comment: bytes, force: bool, settings: Settings,
+                       fmt: str, metadata, bar) -> tuple[int, tuple[str, ...]]:
+    """Upload the archive as one stream; read it again (once its files settle) while one changes under us.
+
+    Returns the size and the files that forced a re-read; an archive that keeps changing is a
+    CheckpointChanging naming the file, and no object is left under the name.
+    """
+    reread: list[str] = []
+    for attempt in range(packing.READ_TRIES):
+        if attempt:
+            packing.wait_until_quiet(m.path for m in members if m.strict)
+            members = ziplayout.refreshed(members)
+        started = time.monotonic()
+        try:
+            blob.metadata = metadata(members)
+            size = _upload_archive(blob, members, started, comment, force, settings, fmt,
+                                   bar.update if bar else None)
+            return size, tuple(reread)
+        except packing.FileChanged as exc:
+            changed = next(m for m in members if m.path == exc.path)
+            log.info("%s %s: reading the archive again once it settles", changed.shown, exc.what)
+            reread.append(changed.name)
+            changing = changed.shown
+    raise CheckpointChanging(
+        f"{changing} kept changing while it was read ({packing.READ_TRIES} tries): nothing was uploaded; "
+        "save again once training has written it", path=changing)
+
+
+def _upload_archive(blob, members: list[ziplayout.Member], started: float, comment: bytes, force: bool,
+                    settings: Settings, fmt: str, on_bytes=None) -> int:
+    """Stream a zip (or tar.gz) of `members` into `blob`; only a complete, crc32c-checked object ever exists.
+
+    packing.FileChanged (a strict file changed while read, or within SETTLE_SECONDS of `started`) is
+    raised before the upload's last chunk is sent, so nothing appears under the name.
+    """
+    strict = {m.path: m.signature for m in members if m.strict}
+
+    def write(out) -> int:
+        if fmt == "zip":
+            layout = ziplayout.plan(members)
+            written = ziplayout.write_job(out, layout, layout.segments[0], on_bytes=on_bytes)
+            end = ziplayout.assemble(layout, {0: written}, comment).directory
+        else:
+            packing.write_targz(out, None, [m.path for m in members], names={m.path: m.name for m in members},
+                                strict=strict, on_bytes=on_bytes)
+            end = b""
+        changed = packing.changed_since(strict, started)
+        if changed:
+            raise packing.FileChanged(changed[0], "changed while the archive was written")
+        out.write(end)  # the zip's index last: only a complete, settled archive gets one
+        return out.tell()  # BlobWriter.tell(): every byte written, the archive's size
+
+    return transfer.upload_stream(blob, write, content_type=FORMATS[fmt],
+                                  if_generation_match=None if force else 0, settings=settings)
 
 
 # --- list and prune -----------------------------------------------------------------------------
@@ -340,6 +414,8 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, re
         for blob in client.list_blobs(loc.bucket, prefix=prefix or None, delimiter=None if recursive else "/",
                                       **storage.request_options(deadline)):
             folder, _, base = blob.name.rpartition("/")
+            if composite.is_part(blob.name):
+                continue  # a parallel save's temporary part, never an archive
             match = ARCHIVE_NAME.match(base)
             if not match or (run and match.group("run") != run):
                 continue
@@ -351,14 +427,20 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, re
 
 
 def prune(location: storage.GcsPath, run: str, keep: int, *, client=None,
-          protect: str | None = None, deadline: float = storage.RETRY_DEADLINE) -> tuple[str, ...]:
+          protect: str | None = None, spare_unless: frozenset | None = None,
+          deadline: float = storage.RETRY_DEADLINE) -> tuple[str, ...]:
     """Delete all but the `keep` most recently uploaded archives of `run`, never `protect` (the URL
-    a save just wrote); return the deleted URLs. An archive replaced or deleted meanwhile is left alone."""
+    a save just wrote); return the deleted URLs. An archive replaced or deleted meanwhile is left alone.
+
+    `spare_unless`: the (name, generation) of the archives there were when the save started; any other
+    one finished during the save (a concurrent saver's) and is never deleted by it.
+    """
     from google.api_core.exceptions import NotFound, PreconditionFailed
 
     client = client or auth.storage_client()
     archives = list_archives(location, run, client=client, deadline=deadline)
-    doomed = [a for a in archives[: max(len(archives) - keep, 0)] if a.url != protect]
+    doomed = [a for a in archives[: max(len(archives) - keep, 0)] if a.url != protect
+              and (spare_unless is None or (a.name, a.generation) in spare_unless)]
     bucket = client.bucket(location.bucket)
     deleted = []
     with storage.translated_errors(location, "delete old archives in"):

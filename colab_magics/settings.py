@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from colab_magics.errors import InvalidSetting
+from colab_magics.errors import InvalidSetting, InvalidValue, Param
 
 MiB = 1024 * 1024
 ENV_PREFIX = "COLAB_MAGICS_"
+MAX_STREAMS = 256  # parallel connections of one save (each holds an upload buffer: see composite)
 
 
 def _setting(default, help: str):  # noqa: A002  (traitlets' word)
@@ -113,6 +114,14 @@ def parse_value(name: str, raw: str, kind: type):
             pass
     what = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, "text")
     raise InvalidSetting(f"{env_name(name)}={raw!r} is not {what}: fix or unset it", name=name)
+
+
+def check_streams(streams) -> int:
+    """A stream count a save can use: a whole number from 1 to MAX_STREAMS, else one line naming `streams`."""
+    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= MAX_STREAMS:
+        raise InvalidValue(Param("streams"), f" must be a whole number from 1 to {MAX_STREAMS}, not {streams!r}: "
+                           "it counts the parallel connections of one save (1: a single stream)", param="streams")
+    return streams
 
 
 def effective(settings: Settings | None) -> Settings:

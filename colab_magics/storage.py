@@ -67,6 +67,22 @@ def parse_url(url: str) -> GcsPath:
     return GcsPath(bucket, path)
 
 
+MAX_OBJECT_NAME = 1024  # bytes of UTF-8
+
+
+def check_object_name(target: GcsPath) -> GcsPath:
+    """Raise InvalidBucketURL unless Cloud Storage takes `target.path` as an object name (checked before
+    any request: the emulator takes names that Cloud Storage refuses)."""
+    size = len(target.path.encode("utf-8", "surrogatepass"))
+    if not target.path or size > MAX_OBJECT_NAME:
+        raise InvalidBucketURL(f"gs://{target.bucket}/{target.path[:60]}... is {size} bytes long: Cloud Storage object "
+                               f"names are 1 to {MAX_OBJECT_NAME} bytes; use a shorter prefix or run name")
+    if any(c in target.path for c in "\r\n") or any(0xD800 <= ord(c) <= 0xDFFF for c in target.path):
+        raise InvalidBucketURL(f"{target.url!r} is not a valid object name: Cloud Storage refuses line breaks "
+                               "and undecodable characters in names; rename the run directory")
+    return target
+
+
 def check_bucket_name(name: str) -> str:
     """Raise InvalidBucketURL unless `name` follows GCS bucket naming rules."""
     rule = "use 3-63 lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit"

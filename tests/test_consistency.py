@@ -54,13 +54,19 @@ def which_version(data: bytes, mib: int, versions: range) -> int | None:
 
 
 def opened_by_me(path: Path) -> bool:
-    """True while this process holds `path` open (the save is reading it)."""
+    """True while this process holds `path` open (the save is reading it, maybe through a hard link of
+    its snapshot: the same inode under another name)."""
+    try:
+        wanted = os.stat(path)
+    except FileNotFoundError:
+        return False
     for fd in os.listdir("/proc/self/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
-                return True
+            st = os.stat(f"/proc/self/fd/{fd}")
         except OSError:
             continue
+        if (st.st_dev, st.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return True
     return False
 
 
