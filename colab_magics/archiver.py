@@ -30,7 +30,7 @@ from colab_magics.errors import (
     check_keep,
     do,
 )
-from colab_magics.settings import DEFAULTS, effective
+from colab_magics.settings import DEFAULTS, check_streams, effective
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Archiver:
         check_keep(keep)
         # no progress bars from a background thread: they would land in whatever cell is running
         settings = effective(settings).replace(progress=False)
+        check_streams(settings.streams)  # a bad stream count fails now, not at the first archive
         self.events, self.keep, self.settings, self.fmt = events, keep, settings, fmt
         self.exclude, self.include = tuple(exclude), tuple(include)  # passed to save_run as they are
         self.last_chance_timeout = last_chance_timeout
@@ -297,6 +298,9 @@ class Archiver:
             log.exception("archiving step %s of %s failed", step, self.run_dir)
             self._failed(step, f"{type(exc).__name__}: {exc}")
         else:
+            if isinstance(result, runs.Skipped) and result.kind == "vanished":
+                log.info("step %s of %s: %s", result.step, self.run_dir, result.reason)
+                return  # deleted by the library while we read it: not in the bucket; a newer step comes next
             self._done.add(step)
             s = self._summary
             if isinstance(result, runs.Saved):

@@ -58,6 +58,14 @@ COMMANDS = {
         "List the archives under LOCATION and every prefix below it: prefix, run, step, size, time, URL.",
         ("colab-magics list gs://my-bucket", "colab-magics list gs://my-bucket/experiments run1"),
     ),
+    "cleanup": Command(
+        "gcs_cleanup", "Delete the temporary parts interrupted parallel saves left in a bucket.",
+        "A save of 64 MiB or more uploads its archive as parts under PREFIX/.colab_magics-parts/ and "
+        "composes them into RUN.STEP.zip; a killed save leaves them behind. The next save to that prefix "
+        "removes those older than 6 hours; this removes every one under LOCATION and the prefixes below "
+        "it now (a save running right now then fails, leaving nothing).",
+        ("colab-magics cleanup gs://my-bucket", "colab-magics cleanup gs://my-bucket/experiments"),
+    ),
     "mount": Command(
         "gcsfuse_mount", "Mount a bucket and stay in the foreground until Ctrl-C.",
         "Mount a bucket on the local filesystem (gcsfuse, else rclone over FUSE) and wait: Ctrl-C or "
@@ -166,6 +174,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-timeout", type=_interval, metavar="INTERVAL",
                         help=f"How long the final archive may take after the command ends (default: the "
                              f"`final_timeout` setting, {DEFAULTS.final_timeout:g}s).")
+    parser.add_argument("--streams", type=int, metavar="N",
+                        help=f"Parallel uploads of one archive of 64 MiB or more (default: the `streams` setting, "
+                             f"{DEFAULTS.streams}); 1: one stream.")
 
 
 def _interval(text: str) -> float:
@@ -213,7 +224,7 @@ def dialect():
     return Dialect("cli", {
         "auth": "colab-magics auth", "save": "colab-magics save", "load": "colab-magics load",
         "list": "colab-magics list", "mount": "colab-magics mount", "unmount": "colab-magics mount --unmount",
-        "mounts": "colab-magics mount --list", "tunnel": "colab-magics tunnel",
+        "mounts": "colab-magics mount --list", "tunnel": "colab-magics tunnel", "cleanup": "colab-magics cleanup",
     }, fallback=MAGIC)
 
 
@@ -298,13 +309,21 @@ def _run_supervised(args: list[str], *, emulator: bool, project: str | None) -> 
                                                          emulator=emulator or options.emulator))
         done = supervise.run(options.run_dir, options.destination, command, every=options.every,
                              resume=options.resume, keep=options.keep, events=options.events,
-                             final_timeout=options.final_timeout, settings=settings.from_env())
+                             final_timeout=options.final_timeout, settings=_with_streams(options.streams))
     except supervise.USAGE_ERRORS as exc:
         return _misuse("run", words.render(exc))
     except ColabMagicsError as exc:
         return _failure("run", words.render(exc))
     print(f"colab-magics run: {_describe_supervised(done, words)}", file=sys.stderr, flush=True)
     return done.code
+
+
+def _with_streams(streams: int | None):
+    """The environment's settings, `--streams` applied (checked: one line when out of range)."""
+    from colab_magics import settings
+
+    found = settings.from_env()
+    return found if streams is None else found.replace(streams=settings.check_streams(streams))
 
 
 def _describe_supervised(done, words) -> str:

@@ -143,6 +143,7 @@ class _Save:
         self._lock = threading.Lock()
         self._on_bytes = on_bytes
         self.pool = ThreadPoolExecutor(max_workers=settings.streams, thread_name_prefix="colab-magics-part")
+        _widen_pool(bucket.client, settings.streams + 4)
 
     def __enter__(self) -> "_Save":
         return self
@@ -324,6 +325,18 @@ class _Crc32cCount:
         self.crc32c = google_crc32c.extend(self.crc32c, data)
         self.length += len(data)
         return self.out.write(data)
+
+
+def _widen_pool(client, size: int) -> None:
+    """Let the client's HTTP session keep `size` connections per host (requests keeps 10): beyond that,
+    every request of a stream would open a new connection (a TLS handshake each, on Cloud Storage)."""
+    from requests.adapters import HTTPAdapter
+
+    session = getattr(client, "_http", None)
+    for prefix, adapter in list(getattr(session, "adapters", {}).items()):
+        if isinstance(adapter, HTTPAdapter) and getattr(adapter, "_pool_maxsize", size) < size:
+            session.mount(prefix, HTTPAdapter(pool_connections=adapter._pool_connections, pool_maxsize=size,
+                                              max_retries=adapter.max_retries, pool_block=adapter._pool_block))
 
 
 def _compresses(m: ziplayout.Member) -> bool:

@@ -27,7 +27,7 @@ DIALECT = Dialect("magic", {
     "auth": "%gcs_auth", "save": "%gcs_save", "load": "%gcs_load", "list": "%gcs_list",
     "mount": "%gcsfuse_mount", "unmount": "%gcsfuse_mount --unmount", "mounts": "%gcsfuse_mount --list",
     "archive": "%gcs_archive", "archive_stop": "%gcs_archive --stop", "archive_status": "%gcs_archive --status",
-    "tunnel": "%tensorboard_tunnel",
+    "tunnel": "%tensorboard_tunnel", "cleanup": "%gcs_cleanup",
 })
 
 
@@ -122,9 +122,13 @@ class ColabMagics(Magics):
     #: the words of messages and notes: the magics' own, or the CLI's when it runs a magic's body
     dialect: Dialect = DIALECT
 
-    def settings(self) -> Settings:
-        """The settings as `%config` (else the environment, else the defaults) has them now."""
-        return Settings(**{name: getattr(self, name) for name in NAMES})
+    def settings(self, streams: int | None = None) -> Settings:
+        """The settings as `%config` (else the environment, else the defaults) has them now; `streams`
+        (a --streams flag) overrides that setting."""
+        from colab_magics.settings import check_streams
+
+        settings = Settings(**{name: getattr(self, name) for name in NAMES})
+        return settings if streams is None else settings.replace(streams=check_streams(streams))
 
     # --- storage --------------------------------------------------------------------------------
     @line_magic
@@ -170,6 +174,9 @@ class ColabMagics(Magics):
               help="Put back files that GLOB matches, e.g. an older step or some event files (repeatable).")
     @argument("--dry-run", action="store_true",
               help="Show the step, every file that would go in and what is left out; upload nothing.")
+    @argument("--streams", type=int, metavar="N",
+              help="Parallel uploads of one archive of 64 MiB or more, composed into the one object "
+                   f"(default: the streams setting, {DEFAULTS.streams}); 1: one stream.")
     @expected_errors
     def gcs_save(self, line: str | Sequence[str] = ""):
         """Archive RUN_DIR's latest checkpoint into a bucket as RUN.STEP.zip; return its URL.
@@ -179,7 +186,8 @@ class ColabMagics(Magics):
         --exclude names. The archive is streamed (no temporary file), checked end to end by crc32c,
         and never overwrites an existing one unless --force. A file of the step that changes while
         it is read makes the step be read again; if it keeps changing the save fails and uploads
-        nothing.
+        nothing. An archive of 64 MiB or more is sent as --streams parallel parts composed into the
+        one object; the temporary parts never outlive the save (see %gcs_cleanup).
 
         Examples::
 
@@ -192,7 +200,7 @@ class ColabMagics(Magics):
 
         args, _ = parse(self.gcs_save, line)
         result = runs.save_run(args.run_dir, args.destination, step=args.step, events=args.events,
-                               force=args.force, keep=args.keep, settings=self.settings(),
+                               force=args.force, keep=args.keep, settings=self.settings(args.streams),
                                exclude=tuple(args.exclude), include=tuple(args.include), dry_run=args.dry_run)
         if isinstance(result, runs.Planned):
             print(_describe_plan(result))
@@ -255,6 +263,31 @@ class ColabMagics(Magics):
                 for a in archives]
         return TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
                                          empty=f"no archives under {args.location}"))
+
+    @line_magic
+    @magic_arguments()
+    @argument("location", help="gs://BUCKET[/PREFIX]: the parts folders there and under every prefix below it.")
+    @expected_errors
+    def gcs_cleanup(self, line: str | Sequence[str] = ""):
+        """Delete now the temporary parts that interrupted parallel saves left under a bucket prefix
+        (and below it); return how many were removed.
+
+        A save of 64 MiB or more uploads its archive as parts under PREFIX/.colab_magics-parts/ and
+        composes them into RUN.STEP.zip; a save that fails deletes them, but a killed process cannot.
+        The next save to that prefix removes parts older than 6 hours; this removes them all at once
+        (a save running right now then fails, leaving nothing). Listings never show parts.
+
+        Examples::
+
+            %gcs_cleanup gs://my-bucket
+            %gcs_cleanup gs://my-bucket/experiments
+        """
+        from colab_magics import runs
+
+        args, _ = parse(self.gcs_cleanup, line)
+        result = runs.remove_debris(args.location, settings=self.settings())
+        print(f"Removed {len(result.removed)} part(s) left by interrupted saves under {result.url}")
+        return len(result.removed)
 
     # --- tensorboard and tunnels ----------------------------------------------------------------
     @line_magic
@@ -395,6 +428,8 @@ class ColabMagics(Magics):
               help="Leave out files whose path, name or directory matches GLOB (repeatable; see %%gcs_save).")
     @argument("--include", action="append", default=[], metavar="GLOB",
               help="Put back files that GLOB matches (repeatable).")
+    @argument("--streams", type=int, metavar="N",
+              help="Parallel uploads of one archive of 64 MiB or more (default: the streams setting); 1: one stream.")
     @argument("--stop", action="store_true", help="Line form: end the background archiving of RUN_DIR (of every "
                                                   "run without it) after a final archive; print the summary.")
     @argument("--status", action="store_true", help="Line form: show what each background archiver archived, "
@@ -442,7 +477,7 @@ class ColabMagics(Magics):
             raise UsageError("--stop and --status belong to the line form: %gcs_archive --status")
         _require_run(args, "%%gcs_archive")
         return archiver.Archiver(args.run_dir, args.destination, args.every or self.every, events=args.events,
-                                 keep=args.keep, settings=self.settings(),
+                                 keep=args.keep, settings=self.settings(args.streams),
                                  exclude=tuple(args.exclude), include=tuple(args.include)).start()
 
     @expected_errors
@@ -466,7 +501,7 @@ class ColabMagics(Magics):
             return None
         _require_run(args, "%gcs_archive")
         worker = archiver.start_background(args.run_dir, args.destination, args.every or self.every, events=args.events,
-                                           keep=args.keep, settings=self.settings(),
+                                           keep=args.keep, settings=self.settings(args.streams),
                                            exclude=tuple(args.exclude), include=tuple(args.include))
         summary = worker.summary()
         if summary.skipped:

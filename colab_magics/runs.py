@@ -56,6 +56,7 @@ class Saved:
     step_from: str = "name"  # "mtime": `step` is the checkpoint's mtime (no step in its name)
     reread: tuple[str, ...] = ()  # files that changed while read, so the step was read again
     left_out_older: int = 0  # files of older steps not archived
+    parts: int = 0  # objects composed into the archive (0: it went as one stream)
 
 
 @dataclass(frozen=True)
@@ -217,8 +218,8 @@ def save_run(
                     "layout": ckpt.layout, "checkpoint": ckpt.path.relative_to(root).as_posix()}
         with snapshot.Snapshot(root, files) as snap:  # a step the library rotates out meanwhile stays readable
             members = ziplayout.refreshed(replace(m, path=snap.path(m.path), origin=m.path) for m in members)
-            size, reread = _upload(bucket, target, location, members, identity, json.dumps(manifest).encode(),
-                                   force, settings, fmt)
+            size, reread, parts = _upload(bucket, target, location, members, identity,
+                                          json.dumps(manifest).encode(), force, settings, fmt)
     except (snapshot.Vanished, FileNotFoundError) as exc:
         path = getattr(exc, "path", None) or _origin(getattr(exc, "filename", None), members) or "a file"
         log.info("step %s of %s: %s was deleted while it was saved (rotated out by the training library?): "
@@ -231,7 +232,7 @@ def save_run(
     deleted = prune(location, run, keep, client=client, protect=target.url, spare_unless=known,
                     deadline=settings.retry_deadline) if keep else ()
     return Saved(target.url, run, ckpt.step, size, len(files), ckpt.path, time.monotonic() - started,
-                 deleted, ckpt.step_from, reread, plan.left_out_count("older"))
+                 deleted, ckpt.step_from, reread, plan.left_out_count("older"), parts)
 
 
 def remove_debris(location: str, *, settings: Settings | None = None, client=None) -> "composite.Cleaned":
@@ -310,9 +311,10 @@ def _archived(location: storage.GcsPath, run: str, client, settings: Settings) -
 
 
 def _upload(bucket, target: storage.GcsPath, location: storage.GcsPath, members: list[ziplayout.Member],
-            identity: set[str], comment: bytes, force: bool, settings: Settings, fmt: str) -> tuple[int, tuple]:
+            identity: set[str], comment: bytes, force: bool, settings: Settings, fmt: str) -> tuple[int, tuple, int]:
     """Upload the archive of `members` as one stream or, when big enough, as parallel parts; return its
-    size and the files that were read again. Failures come out as one-line errors."""
+    size, the files that were read again and the parts composed (0: one stream). Failures come out as
+    one-line errors."""
     from google.api_core.exceptions import PreconditionFailed
 
     total = sum(m.size for m in members)
@@ -328,9 +330,9 @@ def _upload(bucket, target: storage.GcsPath, location: storage.GcsPath, members:
                     done = composite.upload_zip(bucket, target.path, location, members, comment, force=force,
                                                 settings=settings, metadata=metadata,
                                                 on_bytes=bar.update if bar else None)
-                    return done.size, done.reread
+                    return done.size, done.reread, done.parts
                 blob = bucket.blob(target.path, chunk_size=settings.chunk_size)
-                return _upload_consistent(blob, members, comment, force, settings, fmt, metadata, bar)
+                return _upload_consistent(blob, members, comment, force, settings, fmt, metadata, bar) + (0,)
             except PreconditionFailed:
                 raise _PreconditionFailed() from None
     except FileNotFoundError:

@@ -17,6 +17,7 @@ from colab_magics.errors import (
     PermissionDenied,
     StorageError,
     StorageUnreachable,
+    Param,
     do,
 )
 from colab_magics.settings import DEFAULTS
@@ -129,6 +130,12 @@ def translated_errors(target: GcsPath | str, action: str, *, bucket=None):
             "(for the local emulator run  ", do("auth", emulator=True), "  again)"
         ) from exc
     except gexc.RetryError as exc:
+        status = response_status(exc.cause)
+        if status in ("HTTP 429", "HTTP 503"):  # answered, but refused: a rate or quota limit
+            raise StorageError(
+                f"could not {action} {target}: {_endpoint()} kept refusing with {status} (a rate or quota limit) "
+                "after retrying; try again later, or with fewer ", Param("streams")
+            ) from exc
         raise StorageUnreachable(
             f"could not {action} {target}: {_endpoint()} does not answer after retrying "
             f"({type(exc.cause).__name__}); check the network, or run  ", do("auth", emulator=True), "  again"

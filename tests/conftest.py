@@ -176,3 +176,62 @@ def _running(p: psutil.Process) -> bool:
         return p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# --- a TCP proxy for throttling and faults (tests/netproxy.py; benchmarks use the same) ------------
+@pytest.fixture()
+def net_proxy():
+    """`net_proxy(upstream_port, rate=BYTES_PER_S, fault=...)`: a running NetProxy (tests/netproxy.py);
+    every one made is closed after the test."""
+    from netproxy import NetProxy
+
+    made = []
+
+    def make(upstream_port: int | None = None, **options):
+        proxy = NetProxy(upstream_port, **options).start()
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+class ProxiedGcs:
+    """An emulator reached only through `proxy`, a client and a fresh bucket on it."""
+
+    def __init__(self, client, proxy, bucket, host: str):
+        self.client, self.proxy, self.bucket, self.host = client, proxy, bucket, host
+
+    def names(self) -> list[str]:
+        return sorted(blob.name for blob in self.client.list_blobs(self.bucket.name))
+
+
+@pytest.fixture()
+def proxied_gcs(net_proxy, monkeypatch):
+    """A fresh fake-gcs-server behind a NetProxy: the emulator's own URL (`-external-url`) is the
+    proxy's, so resumable-upload sessions and media links lead there too, and every request of the
+    client passes the proxy (set `.proxy.rate` or `.proxy.fault` to throttle or break them)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from colab_magics import auth, emulator, session
+
+    proxy = net_proxy()
+    host = f"http://127.0.0.1:{proxy.port}"
+    port = free_port()
+    argv = emulator.command(port)
+    argv[argv.index("-external-url") + 1] = host
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: _answers(f"http://127.0.0.1:{port}/storage/v1/b"), 20, message="fake-gcs-server")
+        proxy.upstream_port = port
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
+        session.current().set_auth(auth.authenticate())
+        client = storage.Client(project="test-project", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": host})
+        yield ProxiedGcs(client, proxy, client.create_bucket(f"test-{uuid.uuid4().hex[:12]}"), host)
+    finally:
+        session.current().set_auth(None)
+        proc.terminate()
+        proc.wait(timeout=10)
