@@ -125,9 +125,10 @@ class NetProxy:
 
         async def stop():
             self._server.close()
-            await self._server.wait_closed()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                task.cancel()
+            self._cut_all()  # every handler then ends on its own (cancelling them makes asyncio log errors)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
