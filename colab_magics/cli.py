@@ -284,7 +284,7 @@ def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | 
 
 def _run_supervised(args: list[str], *, emulator: bool, project: str | None) -> int:
     """`colab-magics run`: 0.. the command's exit code; 1 a failure before it started; 2 bad usage."""
-    from colab_magics import auth, session, settings, supervise
+    from colab_magics import auth, session, supervise
     from colab_magics.errors import ColabMagicsError
 
     cut = args.index("--") if "--" in args else len(args)

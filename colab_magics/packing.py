@@ -1,11 +1,12 @@
 """Build archives as streams, and extract them safely.
 
-Writing: a zip is written straight into a writable stream (no temporary file); each file is stored
-or deflated depending on whether a sample of it compresses, so float weights are not pushed through
-DEFLATE at single-core speed. Each file is read once, exactly as large as it was when opened, and
-only if it is a regular file (opened with O_NONBLOCK: a FIFO never blocks). The step's own files must
-not change while the archive is written; if one does, FileChanged is raised and nothing more is
-written — no central directory, no gzip trailer — so an upload fed by the stream never completes.
+Writing: the pieces every archive writer shares — a file opened for archiving (`_Source`: read once,
+exactly as large as planned, only if it is a regular file, opened with O_NONBLOCK so a FIFO never
+blocks), its `Signature`, the rules of a consistent read (`changed_since`, `wait_until_quiet`) and
+`choose_compression` (stored or deflated by a sample, so float weights are not pushed through DEFLATE
+at single-core speed). Zips are laid out by `ziplayout`; tar.gz is written here. A file that must
+not change and does raises FileChanged, and nothing more is written — no central directory, no gzip
+trailer — so an upload fed by the stream never completes.
 
 Reading: member names, layout and declared sizes are checked before anything is written (absolute
 paths, `..`, links, devices are refused); sizes are enforced while inflating, with memory bounded
@@ -56,40 +57,6 @@ def choose_compression(path: Path, size: int, sample: bytes | None = None) -> in
     return zipfile.ZIP_DEFLATED if len(packed) < _COMPRESSIBLE_RATIO * len(sample) else zipfile.ZIP_STORED
 
 
-def write_zip(
-    out: BinaryIO,
-    root: Path,
-    files: Iterable[Path],
-    *,
-    comment: bytes = b"",
-    strict: Collection[Path] | Mapping[Path, Signature | None] = (),
-    on_bytes: Callable[[int], None] | None = None,
-) -> int:
-    """Write `files` (paths inside `root`) as a zip into the stream `out`; return the member count.
-
-    Each file is read once, exactly as large as it was when opened. The files in `strict` (the
-    step's own files) must not change until the archive is complete, nor differ from the
-    `file_signature` a mapping gives them (taken when they had settled): if one does, FileChanged is
-    raised before the zip's central directory is written and nothing more reaches `out`, so an
-    upload fed by `out` is never finalized with a torn file. The other members (event logs, state
-    files) are taken as they were when opened. `on_bytes(n)` is called as bytes are read.
-    The layout is `ziplayout`'s with a single job (the same bytes a parallel save composes).
-    """
-    from colab_magics import ziplayout
-
-    strict = _expected(strict)
-    members = []
-    for path in files:
-        planned = ziplayout.member(path, path.relative_to(root).as_posix(), path in strict)
-        if not same_version(strict.get(path) or planned.signature, planned.signature):
-            raise FileChanged(path, "changed before it was read")
-        members.append(planned)
-    layout = ziplayout.plan(members)
-    written = ziplayout.write_job(out, layout, layout.segments[0], on_bytes=on_bytes)
-    out.write(ziplayout.assemble(layout, {0: written}, comment).directory)
-    return len(members)
-
-
 def write_targz(
     out: BinaryIO,
     root: Path | None,
@@ -105,7 +72,7 @@ def write_targz(
     Sequential (a tar written into a GzipFile, 4 MiB at a time), so `out` need not seek. The gzip
     level follows `choose_compression` on the largest file: 1 when it compresses, 0 (stored blocks)
     when it does not, so float weights are not pushed through DEFLATE for nothing. Files are read and
-    checked as by `write_zip`; on a change nothing more reaches `out` (no gzip trailer).
+    checked as by `ziplayout.write_zip`; on a change nothing more reaches `out` (no gzip trailer).
     """
     import gzip
 

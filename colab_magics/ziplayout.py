@@ -30,7 +30,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Mapping
+from typing import BinaryIO, Callable, Collection, Iterable, Mapping
 
 from colab_magics import packing
 from colab_magics.packing import Signature
@@ -299,6 +299,38 @@ def descriptor(m: Member, crc: int, compressed: int) -> bytes:
     if m.zip64:
         return struct.pack("<LLQQ", _DESCRIPTOR, crc, compressed, m.size)
     return struct.pack("<LLLL", _DESCRIPTOR, crc, compressed, m.size)
+
+
+def write_zip(
+    out: BinaryIO,
+    root: Path,
+    files: Iterable[Path],
+    *,
+    comment: bytes = b"",
+    strict: Collection[Path] | Mapping[Path, Signature | None] = (),
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
+    """Write `files` (paths inside `root`) as a zip into the stream `out`; return the member count.
+
+    Each file is read once, exactly as large as it was when opened. The files in `strict` (the
+    step's own files) must not change until the archive is complete, nor differ from the
+    `file_signature` a mapping gives them (taken when they had settled): if one does, FileChanged is
+    raised before the zip's central directory is written and nothing more reaches `out`, so an
+    upload fed by `out` is never finalized with a torn file. The other members (event logs, state
+    files) are taken as they were when opened. `on_bytes(n)` is called as bytes are read.
+    A single job of this module's plan: the same bytes a parallel save composes.
+    """
+    strict = packing._expected(strict)
+    members = []
+    for path in files:
+        planned = member(path, path.relative_to(root).as_posix(), path in strict)
+        if not packing.same_version(strict.get(path) or planned.signature, planned.signature):
+            raise packing.FileChanged(path, "changed before it was read")
+        members.append(planned)
+    layout = plan(members)
+    written = write_job(out, layout, layout.segments[0], on_bytes=on_bytes)
+    out.write(assemble(layout, {0: written}, comment).directory)
+    return len(members)
 
 
 # --- putting the parts together -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from colab_magics.settings import Settings
-from colab_magics import packing, progress, runs
+from colab_magics import packing, progress, runs, ziplayout
 from colab_magics.errors import ArchiveNotFound, CheckpointChanging, ColabMagicsError, RunDirError
 from conftest import poll, run_cell
 
@@ -141,7 +141,7 @@ def test_a_file_changed_mid_archive_never_gets_a_central_directory(tmp_path):
                 fh.write(b"changed")
 
     with pytest.raises(packing.FileChanged) as caught:
-        packing.write_zip(out, root, [first, second], strict={first, second}, on_bytes=change_first_file_once)
+        ziplayout.write_zip(out, root, [first, second], strict={first, second}, on_bytes=change_first_file_once)
     assert caught.value.path == first
     assert b"PK\x05\x06" not in out.getvalue() and b"PK\x01\x02" not in out.getvalue()
 
@@ -157,7 +157,7 @@ def test_event_logs_that_grow_while_read_are_taken_as_they_were_when_opened(tmp_
             fh.write(b"more")
 
     out = io.BytesIO()
-    packing.write_zip(out, root, [events, weights], strict={weights}, on_bytes=append)
+    ziplayout.write_zip(out, root, [events, weights], strict={weights}, on_bytes=append)
     with zipfile.ZipFile(out) as zf:
         assert zf.read(events.name) == before and zf.read(weights.name) == weights.read_bytes()
 
@@ -171,7 +171,7 @@ def test_a_fifo_among_the_files_fails_in_one_line_and_never_blocks(tmp_path, fmt
     failure = []
 
     def archive():
-        writer = packing.write_zip if fmt == "zip" else packing.write_targz
+        writer = ziplayout.write_zip if fmt == "zip" else packing.write_targz
         try:
             writer(io.BytesIO(), root, [weights, fifo])
         except RunDirError as exc:
