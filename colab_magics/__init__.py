@@ -19,6 +19,7 @@ _PUBLIC = {
     "load_run": "runs",
     "list_archives": "runs",
     "resume": "runs",
+    "remove_debris": "runs",
     "Archiver": "archiver",
     "start_background": "archiver",
     "stop_background": "archiver",
