@@ -199,19 +199,13 @@ def save_run(
     client = client or auth.storage_client()
     bucket = storage.require_bucket(client, location, settings.retry_deadline)
     identity = {f.relative_to(root).as_posix() for f in ckpt.files}  # what "the same archive" compares
+    members: list[ziplayout.Member] = []
     try:
         members = [ziplayout.member(f, f.relative_to(root).as_posix(), _strict(f)) for f in files]
-        if not force:
-            existing = _existing(bucket, target, settings)
-            if existing is not None:
-                if not _same_content(existing, members, identity, settings):
-                    raise ArchiveConflict(
-                        f"{target.url} already holds an archive of other files (another run saved under this "
-                        f"name, or step {ckpt.step} was written again since): nothing was uploaded; rename the run "
-                        "directory or save under another prefix, or pass ", Param("force", True), " to replace it")
-                return Skipped(target.url, run, ckpt.step,
-                               Words("already in the bucket (use ", Param("force", True), " to replace it)"),
-                               ckpt.step_from)
+        if not force and _already_there(bucket, target, members, identity, ckpt.step, settings):
+            return Skipped(target.url, run, ckpt.step,
+                           Words("already in the bucket (use ", Param("force", True), " to replace it)"),
+                           ckpt.step_from)
         known = _archived(location, run, client, settings) if keep else None  # what retention may delete
         started = time.monotonic()
         manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "step_from": ckpt.step_from,
@@ -220,10 +214,8 @@ def save_run(
             members = ziplayout.refreshed(replace(m, path=snap.path(m.path), origin=m.path) for m in members)
             size, reread, parts = _upload(bucket, target, location, members, identity,
                                           json.dumps(manifest).encode(), force, settings, fmt)
-    except (snapshot.Vanished, FileNotFoundError) as exc:
+    except (snapshot.Vanished, FileNotFoundError) as exc:  # the archivers log it, at INFO: not a failure
         path = getattr(exc, "path", None) or _origin(getattr(exc, "filename", None), members) or "a file"
-        log.info("step %s of %s: %s was deleted while it was saved (rotated out by the training library?): "
-                 "skipped; a newer step is archived next", ckpt.step, root, path)
         return Skipped(target.url, run, ckpt.step, f"{path} was deleted while it was saved (rotated out by the "
                        "training library?): a newer step is archived next", ckpt.step_from, kind="vanished")
     except _PreconditionFailed:
@@ -273,10 +265,20 @@ class _PreconditionFailed(Exception):
     pass
 
 
-def _existing(bucket, target: storage.GcsPath, settings: Settings):
-    """The object under the archive's name, with its metadata, or None."""
+def _already_there(bucket, target: storage.GcsPath, members, identity: set[str], step: int,
+                   settings: Settings) -> bool:
+    """Whether the archive's name holds this very archive (skip the save); ArchiveConflict if it holds
+    another one (another run's under the same name: never counted as ours)."""
     with storage.translated_errors(target, "check"):
-        return bucket.get_blob(target.path, **storage.request_options(settings.retry_deadline))
+        existing = bucket.get_blob(target.path, **storage.request_options(settings.retry_deadline))
+    if existing is None:
+        return False
+    if _same_content(existing, members, identity, settings):
+        return True
+    raise ArchiveConflict(
+        f"{target.url} already holds an archive of other files (another run saved under this name, or step "
+        f"{step} was written again since): nothing was uploaded; rename the run directory or save under another "
+        "prefix, or pass ", Param("force", True), " to replace it")
 
 
 def _content(members, identity: set[str]) -> list[ziplayout.Member]:

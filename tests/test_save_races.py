@@ -99,7 +99,7 @@ def test_without_hard_links_a_step_deleted_mid_upload_is_skipped_in_one_info_lin
     assert isinstance(skipped, runs.Skipped) and skipped.kind == "vanished"
     assert "deleted while it was saved" in str(skipped.reason) and "\n" not in str(skipped.reason)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert any("hard-linked" in m for m in said) and any("deleted while it was saved" in m for m in said)
+    assert any("hard-linked" in m for m in said)  # the one line saying the files are read in place
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert proxied_gcs.names() == []
 
