@@ -81,9 +81,10 @@ class Member:
 
     @property
     def date_time(self) -> tuple[int, ...]:
-        """The zip's timestamp: local time to 2 s, dates before 1980 as 1980 (as zipfile.ZipInfo.from_file)."""
-        moment = time.localtime(self.signature.mtime_ns / 1e9)[:6]
-        return moment if moment[0] >= 1980 else (1980, 1, 1, 0, 0, 0)
+        """The zip's timestamp: local time to 2 s (what a zip records, and a restore gives back), dates
+        before 1980 as 1980 (as zipfile.ZipInfo.from_file)."""
+        moment = time.localtime(self.signature.mtime_ns // 1_000_000_000)[:6]
+        return moment[:5] + (moment[5] // 2 * 2,) if moment[0] >= 1980 else (1980, 1, 1, 0, 0, 0)
 
     @property
     def zip64(self) -> bool:
