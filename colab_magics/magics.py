@@ -597,7 +597,8 @@ def _describe_save(result, dialect: Dialect) -> str:
     if isinstance(result, Skipped):
         return f"Skipped {result.url}: {dialect.render(result.reason)}"
     text = (f"Saved step {_step_text(result)} of {result.run} to {result.url} "
-            f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s)")
+            f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s"
+            f"{f', {result.parts} parallel parts' if result.parts else ''})")
     if result.left_out_older:
         text += f"; {result.left_out_older} file(s) of older steps left out"
     if result.reread:
