@@ -312,14 +312,12 @@ class ColabMagics(Magics):
             return None
         if not args.logdir:
             raise UsageError(f"give the LOGDIR TensorBoard should read, e.g. {self.dialect.commands['tunnel']} runs")
-        options = tunnels.TunnelOptions(
-            auth=tunnels.parse_auth(args.auth) if args.auth else None, no_auth=args.no_auth,
-            ssh_target=args.ssh, ssh_key=args.ssh_key, ssh_known_hosts=self.ssh_known_hosts or None,
-            remote_port=args.remote_port, url=args.url, timeout=self.tensorboard_timeout,
-            bin_dir=self.ngrok_bin_dir or None,
-        )
-        served = tensorboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
-                              port=args.port, extra_args=extra, timeout=self.tensorboard_timeout)
+        settings = self.settings()
+        options = tunnels.TunnelOptions.from_settings(
+            settings, auth=tunnels.parse_auth(args.auth) if args.auth else None, no_auth=args.no_auth,
+            ssh_target=args.ssh, ssh_key=args.ssh_key, remote_port=args.remote_port, url=args.url)
+        served = tensorboard.serve(args.logdir, args.provider, options, port=args.port, extra_args=extra,
+                                   settings=settings)
         tensorboard.inline_view(served)
         show(served.link(self.dialect.render))
         return served.url
@@ -375,7 +373,7 @@ class ColabMagics(Magics):
             return result.mount_point
         result = mount.mount(args.bucket, args.mount_point, only_dir=args.only_dir, read_only=args.read_only,
                              create=args.create, location=args.location, storage_class=args.storage_class,
-                             backend=args.backend, install=args.install, retry_deadline=self.retry_deadline)
+                             backend=args.backend, install=args.install, settings=self.settings())
         verb = "Already mounted" if result.reused else "Mounted"
         print(f"{verb} {result.url} at {result.mount_point} ({result.backend}"
               f"{', read-only' if result.read_only else ''}{', bucket created' if result.created_bucket else ''})")
