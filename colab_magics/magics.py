@@ -122,9 +122,11 @@ class ColabMagics(Magics):
     #: the words of messages and notes: the magics' own, or the CLI's when it runs a magic's body
     dialect: Dialect = DIALECT
 
-    def settings(self) -> Settings:
-        """The settings as `%config` (else the environment, else the defaults) has them now."""
-        return Settings(**{name: getattr(self, name) for name in NAMES})
+    def settings(self, **flags) -> Settings:
+        """The settings as `%config` (else the environment, else the defaults) has them now, with the
+        flags given (a None flag was not given)."""
+        values = {name: getattr(self, name) for name in NAMES}
+        return Settings(**{**values, **{k: v for k, v in flags.items() if v is not None}})
 
     # --- storage --------------------------------------------------------------------------------
     @line_magic
@@ -206,6 +208,8 @@ class ColabMagics(Magics):
                              "for its most recently uploaded archive.")
     @argument("target_dir", help="Directory to restore into (created if missing).")
     @argument("--step", type=int, help="With a run URL: restore the archive of this step instead.")
+    @argument("--streams", type=int, metavar="N", help="Parallel ranged reads of a zip (default: the `streams` "
+                                                       f"setting, {DEFAULTS.streams}; 1: one stream).")
     @expected_errors
     def gcs_load(self, line: str | Sequence[str] = ""):
         """Restore an archive (or a run's latest) into TARGET_DIR; return the checkpoint.
@@ -224,7 +228,7 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_load, line)
-        result = runs.load_run(args.source, args.target_dir, step=args.step, settings=self.settings())
+        result = runs.load_run(args.source, args.target_dir, step=args.step, settings=self.settings(streams=args.streams))
         print(_describe_load(result))
         return result
 
@@ -478,6 +482,8 @@ class ColabMagics(Magics):
     @magic_arguments()
     @argument("run_dir", help="The run directory to restore into (its name is the run's RUN).")
     @argument("destination", help="gs://BUCKET[/PREFIX] the run is archived under.")
+    @argument("--streams", type=int, metavar="N", help="Parallel ranged reads of a zip (default: the `streams` "
+                                                       f"setting, {DEFAULTS.streams}; 1: one stream).")
     @expected_errors
     def gcs_resume(self, line: str = ""):
         """Restore the latest archive of RUN_DIR's run into RUN_DIR, if there is one; return the record.
@@ -494,7 +500,7 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_resume, line)
-        result = runs.resume(args.run_dir, args.destination, settings=self.settings())
+        result = runs.resume(args.run_dir, args.destination, settings=self.settings(streams=args.streams))
         print(_describe_load(result) if result else f"Fresh start: {result.note}")
         return result
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from colab_magics import auth, checkpoints, packing, progress, restore, storage, transfer
-from colab_magics.settings import Settings, effective
+from colab_magics import auth, checkpoints, packing, progress, restore, sliced, storage, transfer
+from colab_magics.settings import Settings, check_streams, effective
 from colab_magics.errors import (
     ArchiveNotFound,
     CheckpointChanging,
@@ -411,8 +411,10 @@ def resolve_archive(source: str, *, step: int | None = None, client=None,
 def load_run(source: str, target_dir, *, step: int | None = None, settings: Settings | None = None,
              client=None) -> Restored:
     """Restore an archive (or a run's latest, or its `step`) into `target_dir`; a bad archive leaves
-    it untouched. Returns a Restored record whose str() is the checkpoint path."""
+    it untouched. Returns a Restored record whose str() is the checkpoint path. A zip is fetched by
+    `settings.streams` parallel ranged reads (`Settings(streams=1)`: one stream)."""
     settings = effective(settings)
+    check_streams(settings.streams)
     client = client or auth.storage_client()
     info = resolve_archive(source, step=step, client=client, deadline=settings.retry_deadline)
     return _restore(info, Path(target_dir).expanduser(), settings, client)
@@ -423,9 +425,6 @@ def _restore(info: ArchiveInfo, target: Path, settings: Settings, client) -> Res
     loc = storage.parse_url(info.url)
     bucket = client.bucket(loc.bucket)
     with storage.translated_errors(loc, "read"):
-        # No chunk_size on the blob: download_to_file then streams one GET straight into the
-        # extractor (resumed by range on retry) instead of assembling each 100 MiB chunk in memory
-        # (b"".join: 2 chunks), which made a load peak at 6x the RSS of a raw download.
         blob = bucket.get_blob(info.name, **storage.request_options(settings.retry_deadline))
     if blob is None:
         raise ArchiveNotFound(f"{info.url} does not exist: ", do("list", loc.parent.url), " shows what is there")
@@ -476,6 +475,7 @@ def resume(run_dir, destination: str, *, settings: Settings | None = None, clien
     reset. A missing bucket is still an error: only "no archives yet" is a fresh start.
     """
     settings = effective(settings)
+    check_streams(settings.streams)
     target = Path(run_dir).expanduser()
     location = storage.parse_url(destination)
     run = target.resolve().name
@@ -488,26 +488,16 @@ def resume(run_dir, destination: str, *, settings: Settings | None = None, clien
 
 
 def _extract(blob, staging: Path, settings: Settings, budget: packing.Budget) -> tuple[Path, ...]:
-    """Stream `blob` into `staging`, checked (member CRCs, the object's crc32c); return its files, relative."""
-    options = storage.request_options(settings.retry_deadline)
+    """Download `blob` into `staging`, checked (member CRCs, the object's crc32c); return its files,
+    relative. A zip by `settings.streams` parallel ranged reads (`sliced`), a tar.gz as one stream."""
     bar = transfer.progress_bar(blob.size or 0, f"download {blob.name}", settings)
     try:
         if blob.name.endswith(".zip"):
-            index = packing.read_zip_index(
-                blob.size, lambda a, b: blob.download_as_bytes(start=a, end=b, checksum=None, **options))
-            sink = packing.ZipStreamExtractor(index, staging, budget)
-            tee = transfer.Crc32cTee(sink, bar)
-            try:
-                blob.download_to_file(tee, checksum=None, **options)
-                tee.flush()
-            finally:
-                sink.abort()
-            files = sink.finish()
-        else:
-            with blob.open("rb", chunk_size=settings.chunk_size, **options) as reader:
-                tee = transfer.Crc32cTee(reader, bar)
-                files = packing.extract_tar_stream(tee, staging, budget)
-                tee.drain()
+            return sliced.restore_zip(blob, staging, budget, settings, on_bytes=bar.update if bar else None)
+        with blob.open("rb", chunk_size=settings.chunk_size, **storage.request_options(settings.retry_deadline)) as reader:
+            tee = transfer.Crc32cTee(reader, bar)
+            files = packing.extract_tar_stream(tee, staging, budget)
+            tee.drain()
     finally:
         if bar is not None:
             bar.close()
