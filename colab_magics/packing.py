@@ -621,7 +621,6 @@ class ZipPlan:
     def __init__(self, index: zipfile.ZipFile, budget: Budget | None = None):
         infos = sorted(index.infolist(), key=lambda i: i.header_offset)
         self.budget = budget or Budget()
-        self.budget.check_count(len(infos))
         for info in infos:
             _check_zip_member(info)
             if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
@@ -852,7 +851,7 @@ class SliceExtractor:
             except zlib.error as exc:
                 raise CorruptArchive(f"member {_shown(member.entry.info.filename)} is not valid deflate data "
                                      f"({exc}): the archive is corrupt") from None
-            if not self._inflater.eof:
+            if not self._inflater.eof and member.entry.info.compress_size:  # no bytes at all: an empty file
                 raise CorruptArchive(f"member {_shown(member.entry.info.filename)} is truncated: "
                                      "the archive is corrupt")
             self._inflater = None

@@ -139,7 +139,8 @@ class RangeReader:
             self.session.mount(prefix, HTTPAdapter(pool_connections=1, pool_maxsize=connections))
         self.name = f"gs://{blob.bucket.name}/{blob.name}"
         self.size, self.generation = blob.size, blob.generation
-        self.url = _pinned(blob.media_link or blob._get_download_url(blob.client), blob.generation)  # noqa: SLF001
+        # the media link (requester-pays project included), as the library's own downloads use it
+        self.url = _pinned(blob._get_download_url(blob.client), blob.generation)  # noqa: SLF001
         options = storage.request_options(settings.retry_deadline)
         self._retry, self._timeout = options["retry"], options["timeout"]
 
