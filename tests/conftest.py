@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -183,7 +184,8 @@ class FaultProxy:
     """A TCP proxy in front of the emulator that carries one request per connection (it adds
     `Connection: close`) and can spoil the body of the answers a test picks: flip one byte, or cut
     the connection part-way. `spoil(match, action, at)`: the next answer whose request head contains
-    `match` has its body byte `at` flipped (action "flip") or ends after `at` bytes ("cut").
+    `match` has its body byte `at` flipped (action "flip"), ends after `at` bytes ("cut"), or is
+    replaced by an error answer of HTTP status `at` ("status") without reaching the emulator.
     `heads` keeps every request head seen (first line and headers)."""
 
     def __init__(self, upstream_port: int):
@@ -245,6 +247,11 @@ class FaultProxy:
                 fault = next((f for f in self._faults if f[0] in text), None)
                 if fault is not None:
                     self._faults.remove(fault)
+            if fault is not None and fault[1] == "status":
+                body = json.dumps({"error": {"code": fault[2], "message": f"HTTP {fault[2]} from the fault proxy"}})
+                client.sendall(f"HTTP/1.1 {fault[2]} Spoiled\r\nContent-Type: application/json\r\n"
+                               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode())
+                return
             upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
             self._open.update((client, upstream))
             upstream.sendall(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + rest)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from colab_magics import packing, runs, sliced
-from colab_magics.errors import ColabMagicsError, CorruptArchive, DownloadFailed, InvalidValue
+from colab_magics.errors import ColabMagicsError, CorruptArchive, DownloadFailed, InvalidValue, PermissionDenied
 from colab_magics.settings import MAX_STREAMS, Settings
 from test_hostile import _child_env, debris, one_line_error, precious_target, snapshot
 
@@ -174,6 +174,30 @@ def test_a_flipped_byte_in_one_ranged_read_is_refused_and_the_target_untouched(i
     assert "crc32c check" in text or "corrupt" in text, text
     assert snapshot(target) == before and debris(target) == []
     assert not fault_proxy.pending
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_passing_error_on_one_slice_is_retried(faulty_gcs, faulty_bucket, fault_proxy, tmp_path, small_slices,
+                                                 status):
+    run = make_run(tmp_path / "run1")
+    saved = runs.save_run(run, f"gs://{faulty_bucket.name}", settings=FAST, client=faulty_gcs)
+    piece = plan_of(faulty_bucket.get_blob("run1.3.zip")).slices(PART)[2]
+    fault_proxy.spoil(f"Range: bytes={piece.start}-", "status", status)
+    runs.load_run(saved.url, tmp_path / "restored", settings=FAST.replace(streams=8), client=faulty_gcs)
+    assert tree(tmp_path / "restored") == tree(run) and not fault_proxy.pending
+
+
+def test_a_ranged_read_refused_is_one_line_and_the_target_untouched(ip, faulty_gcs, faulty_bucket, fault_proxy,
+                                                                    tmp_path, capsys, small_slices):
+    run = make_run(tmp_path / "run1")
+    saved = runs.save_run(run, f"gs://{faulty_bucket.name}", settings=FAST, client=faulty_gcs)
+    piece = plan_of(faulty_bucket.get_blob("run1.3.zip")).slices(PART)[2]
+    fault_proxy.spoil(f"Range: bytes={piece.start}-", "status", 403)
+    target = precious_target(tmp_path / "target")
+    before = snapshot(target)
+    text = one_line_error(ip, capsys, f"%gcs_load {saved.url} {target}", PermissionDenied)
+    assert f"permission denied to download {saved.url}" in text
+    assert snapshot(target) == before and debris(target) == []
 
 
 # --- bad stream counts --------------------------------------------------------------------------
