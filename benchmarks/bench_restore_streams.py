@@ -117,7 +117,8 @@ def make_run(root: Path, size_mib: int, shards: int) -> Path:
         with open(run / name, "wb") as out:
             for _ in range(size_mib // shards):
                 out.write(os.urandom(MiB))
-    (run / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {f"w{i}": n for i, n in enumerate(names)}}))
+    index = {"weight_map": {f"w{i}": name for i, name in enumerate(names)}}
+    (run / "model.safetensors.index.json").write_text(json.dumps(index))
     return run
 
 
@@ -175,9 +176,9 @@ def main() -> None:
                         result = run_child({"endpoint": endpoint, "op": op, "dest": str(dest),
                                             "archive": archive[scenario]})
                         results[scenario][op].append(result)
+                        grown = (result["peak_kib"] - result["baseline_kib"]) / 1024
                         print(f"round {round_ + 1} {scenario:9} {op:17} {result['seconds']:7.2f} s  "
-                              f"peak {result['peak_kib'] / 1024:6.0f} MiB (+{(result['peak_kib'] - result['baseline_kib']) / 1024:.0f})",
-                              flush=True)
+                              f"peak {result['peak_kib'] / 1024:6.0f} MiB (+{grown:.0f})", flush=True)
             load_after = open("/proc/loadavg").read().split()[:3]
     finally:
         for proc in procs:
@@ -188,7 +189,8 @@ def main() -> None:
     def ratios(scenario: str, a: str, b: str) -> list[float]:
         return [x["seconds"] / y["seconds"] for x, y in zip(results[scenario][a], results[scenario][b])]
 
-    medians = {s: {op: statistics.median(r["seconds"] for r in rs) for op, rs in ops.items()} for s, ops in results.items()}
+    medians = {scenario: {op: statistics.median(r["seconds"] for r in rs) for op, rs in ops.items()}
+               for scenario, ops in results.items()}
     measured = {
         "throttled_restore_vs_raw": medians["throttled"]["restore"] / medians["throttled"]["raw_download"],
         "throttled_restore_vs_gcsfs": medians["throttled"]["restore"] / medians["throttled"]["gcsfs_get"],

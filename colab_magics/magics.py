@@ -228,7 +228,8 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_load, line)
-        result = runs.load_run(args.source, args.target_dir, step=args.step, settings=self.settings(streams=args.streams))
+        result = runs.load_run(args.source, args.target_dir, step=args.step,
+                               settings=self.settings(streams=args.streams))
         print(_describe_load(result))
         return result
 

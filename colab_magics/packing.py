@@ -580,7 +580,8 @@ def _check_layout(entries: list[_Entry], index_start: int) -> None:
         dirs.update(entry.path.parents)
     clash = files & dirs
     if clash:
-        raise CorruptArchive(f"archive member {sorted(clash)[0]} is both a file and a directory: the archive is corrupt")
+        raise CorruptArchive(f"archive member {sorted(clash)[0]} is both a file and a directory: "
+                             "the archive is corrupt")
 
 
 class Aborted(Exception):

@@ -494,7 +494,8 @@ def _extract(blob, staging: Path, settings: Settings, budget: packing.Budget) ->
     try:
         if blob.name.endswith(".zip"):
             return sliced.restore_zip(blob, staging, budget, settings, on_bytes=bar.update if bar else None)
-        with blob.open("rb", chunk_size=settings.chunk_size, **storage.request_options(settings.retry_deadline)) as reader:
+        options = storage.request_options(settings.retry_deadline)
+        with blob.open("rb", chunk_size=settings.chunk_size, **options) as reader:
             tee = transfer.Crc32cTee(reader, bar)
             files = packing.extract_tar_stream(tee, staging, budget)
             tee.drain()
@@ -502,7 +503,8 @@ def _extract(blob, staging: Path, settings: Settings, budget: packing.Budget) ->
         if bar is not None:
             bar.close()
     if blob.crc32c and tee.crc32c() != blob.crc32c:
-        raise DownloadFailed(f"gs://{blob.bucket.name}/{blob.name} failed its crc32c check while downloading: try again")
+        raise DownloadFailed(f"gs://{blob.bucket.name}/{blob.name} failed its crc32c check while downloading: "
+                             "try again")
     return files
 
 

@@ -133,8 +133,12 @@ class RangeReader:
         from requests.adapters import HTTPAdapter
 
         shared = blob.client._http  # noqa: SLF001  the client's own transport: its credentials and proxies
-        self.session = AuthorizedSession(shared.credentials) if isinstance(shared, AuthorizedSession) else type(shared)()
-        self.session.proxies, self.session.verify, self.session.trust_env = shared.proxies, shared.verify, shared.trust_env
+        if isinstance(shared, AuthorizedSession):
+            self.session = AuthorizedSession(shared.credentials)
+        else:
+            self.session = type(shared)()
+        for setting in ("proxies", "verify", "trust_env"):
+            setattr(self.session, setting, getattr(shared, setting))
         for prefix in ("https://", "http://"):
             self.session.mount(prefix, HTTPAdapter(pool_connections=1, pool_maxsize=connections))
         self.name = f"gs://{blob.bucket.name}/{blob.name}"
@@ -212,4 +216,5 @@ def _pinned(url: str, generation: int | None) -> str:
         return url
     parts = urllib.parse.urlsplit(url)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "generation"]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query + [("generation", str(generation))])))
+    query.append(("generation", str(generation)))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))

@@ -326,7 +326,8 @@ def fault_proxy():
     argv[argv.index("-external-url") + 1] = f"http://127.0.0.1:{proxy.port}"
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     SESSION_PIDS.add(proc.pid)
-    poll(lambda: _answers(f"http://127.0.0.1:{proxy.port}/storage/v1/b"), 20, message="fake-gcs-server behind the proxy")
+    poll(lambda: _answers(f"http://127.0.0.1:{proxy.port}/storage/v1/b"), 20,
+         message="fake-gcs-server behind the proxy")
     yield proxy
     proxy.close()
     proc.terminate()

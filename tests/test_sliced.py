@@ -212,8 +212,8 @@ def test_a_stream_count_out_of_range_is_one_line_before_anything_is_read(ip, gcs
     assert text.startswith("UsageError: --streams ") and expected in text
     with pytest.raises(InvalidValue, match=rf"^streams= {re.escape(expected)}"):
         runs.load_run(url, target, settings=FAST.replace(streams=streams), client=gcs)
-    done = subprocess.run([sys.executable, "-m", "colab_magics.cli", "load", url, str(target), "--streams", str(streams)],
-                          env=_child_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "colab_magics.cli", "load", url, str(target),
+                           "--streams", str(streams)], env=_child_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and f"--streams {expected}" in done.stderr
     assert not target.exists()
 
