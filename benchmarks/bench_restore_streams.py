@@ -150,7 +150,7 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
 
-    from colab_magics.processes import free_port
+    from colab_magics.net import free_port
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-restore-"))
     procs = []
