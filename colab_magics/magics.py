@@ -568,6 +568,10 @@ def _describe_save(result, dialect: Dialect) -> str:
         return f"Skipped {result.url}: {dialect.render(result.reason)}"
     text = (f"Saved step {_step_text(result)} of {result.run} to {result.url} "
             f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s)")
+    if result.step_from == "mtime":
+        text += "; no step number in the names: named by the newest file's time"
+    if getattr(result, "kept", ()):
+        text += f"; with {', '.join(result.kept)}, kept by the training library (its best)"
     if result.left_out_older:
         text += f"; {result.left_out_older} file(s) of older steps left out"
     if result.reread:
@@ -588,6 +592,9 @@ def _describe_plan(result) -> str:
              f"{len(result.files)} file(s), {human_size(result.size)}:"]
     table = Table(["file", "size"], [(path.as_posix(), human_size(size)) for path, size in result.files])
     lines += ["  " + row for row in str(table).splitlines()[1:]]
+    for kept in getattr(result, "kept", ()):
+        lines.append(f"Also kept, as the training library records: {kept.path.relative_to(result.root).as_posix()} "
+                     f"({kept.why})")
     if result.left_out:
         lines.append("Left out:")
     for group in result.left_out:

@@ -55,6 +55,7 @@ class Saved:
     step_from: str = "name"  # "mtime": `step` is the checkpoint's mtime (no step in its name)
     reread: tuple[str, ...] = ()  # files that changed while read, so the step was read again
     left_out_older: int = 0  # files of older steps not archived
+    kept: tuple[str, ...] = ()  # checkpoints archived beside the newest as the library keeps them (its best)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Planned:
     files: tuple[tuple[Path, int], ...]  # (path relative to RUN_DIR, size in bytes), sorted
     left_out: tuple[checkpoints.LeftOut, ...]
     root: Path  # RUN_DIR, absolute
+    kept: tuple[checkpoints.Kept, ...] = ()  # checkpoints beside the newest that the library keeps (its best)
 
     @property
     def size(self) -> int:
@@ -169,23 +171,25 @@ def save_run(
     exclude: tuple[str, ...] = (),
     include: tuple[str, ...] = (),
     dry_run: bool = False,
+    pinned: tuple[str, ...] = (),
 ) -> Saved | Skipped | Planned:
     """Archive `run_dir` into `destination` as RUN.STEP.zip (or RUN.STEP.tar.gz with `fmt="tar.gz"`,
     the format of colab_utils' GcsArchiveHook): every file but the other steps of each checkpoint
     series, event files (unless `events`) and what `exclude` globs name (see `checkpoints.plan`).
     With `dry_run`, return what would be archived and upload nothing. RUN is `run_name` if given
-    (colab_utils' `basename`), else the run directory's name."""
+    (colab_utils' `basename`), else `checkpoints.run_name` of the directory. `pinned`: checkpoints the
+    training library keeps (its callback's best ones), archived whatever their step."""
     settings = effective(settings)
     if fmt not in FORMATS:
         raise InvalidValue(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}", param="fmt")
     check_keep(keep)
-    plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include)
+    plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include, pinned=pinned)
     ckpt, root, members = plan.checkpoint, plan.root, list(plan.files)
     location = storage.parse_url(destination)
     if run_name is not None and (not run_name.strip() or "/" in run_name):
         raise InvalidValue(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'",
                            param="run_name")
-    run = run_name or root.resolve().name
+    run = run_name or checkpoints.run_name(root)
     target = location.child(archive_name(run, ckpt.step, fmt, step_from=ckpt.step_from))
     if dry_run:
         return _planned(plan, target.url, run)
@@ -211,7 +215,8 @@ def save_run(
     deleted = prune(location, run, keep, client=client, protect=target.url,
                     deadline=settings.retry_deadline) if keep else ()
     return Saved(target.url, run, ckpt.step, size, len(members), ckpt.path, time.monotonic() - started,
-                 deleted, ckpt.step_from, reread, plan.left_out_count("older"))
+                 deleted, ckpt.step_from, reread, plan.left_out_count("older"),
+                 tuple(k.path.relative_to(root).as_posix() for k in plan.kept))
 
 
 def _planned(plan: checkpoints.Plan, url: str, run: str) -> Planned:
@@ -223,7 +228,7 @@ def _planned(plan: checkpoints.Plan, url: str, run: str) -> Planned:
             size = 0  # removed since the walk (a saver pruning old steps)
         files.append((path.relative_to(plan.root), size))
     return Planned(url, run, plan.step, plan.step_from, plan.path, plan.layout, tuple(files), plan.left_out,
-                   plan.root)
+                   plan.root, plan.kept)
 
 
 class _PreconditionFailed(Exception):
@@ -478,7 +483,7 @@ def resume(run_dir, destination: str, *, settings: Settings | None = None, clien
     check_streams(settings.streams)
     target = Path(run_dir).expanduser()
     location = storage.parse_url(destination)
-    run = target.resolve().name
+    run = checkpoints.run_name(target)
     client = client or auth.storage_client()
     storage.require_bucket(client, location, settings.retry_deadline)
     archives = list_archives(location, run, client=client, deadline=settings.retry_deadline)

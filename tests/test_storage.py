@@ -259,8 +259,9 @@ def test_run_dir_problems_are_named(gcs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunDirError, match="is empty"):
         runs.save_run(tmp_path / "empty", "gs://some-bucket", settings=FAST)
-    write(tmp_path / "nockpt" / "readme.txt", b"hello")
-    with pytest.raises(NoCheckpointFound, match="no checkpoint found"):
+    write(tmp_path / "nockpt" / "train" / "events.out.tfevents.1.host", b"hello")  # nothing but event files
+    with pytest.raises(NoCheckpointFound, match=r"nothing to archive in .*nockpt: it holds only event files "
+                                                r"\(left out without events=\); looked for numbered checkpoints"):
         runs.save_run(tmp_path / "nockpt", "gs://some-bucket", settings=FAST)
     run_dir, _ = keras_run(tmp_path / "run1")
     with pytest.raises(NoCheckpointFound, match="steps found: 1, 2, 3"):
