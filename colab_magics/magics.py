@@ -51,11 +51,12 @@ def parse(magic, line: str | Sequence[str], *, passthrough: bool = False) -> tup
 
     The CLI hands its argv list as is (no re-joining). With `passthrough`, everything after a
     standalone `--` is returned unparsed (e.g. TensorBoard's own flags); without it, `--` only ends
-    the options, as in a shell. Unbalanced quotes are a one-line UsageError.
+    the options, as in a shell. A `#` starting a word starts a comment, as in a shell
+    (`%gcs_list gs://b/exp   # run, step, size`). Unbalanced quotes are a one-line UsageError.
     """
     if isinstance(line, str):
         try:
-            argv = shlex.split(line)
+            argv = shlex.split(_without_comment(line))
         except ValueError as exc:  # "No closing quotation", "No escaped character"
             raise UsageError(f"{exc.args[0].lower()} in: {line.strip()}") from None
     else:
@@ -65,6 +66,23 @@ def parse(magic, line: str | Sequence[str], *, passthrough: bool = False) -> tup
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1:]
     return magic.parser.parse_args(argv), rest
+
+
+def _without_comment(line: str) -> str:
+    """`line` up to a shell comment: a `#` at the start of a word, outside quotes (`a#b` is a word)."""
+    quote, escaped = None, False
+    for i, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
 
 
 class _FromSettings:
