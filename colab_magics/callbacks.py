@@ -4,7 +4,7 @@
   `transformers.TrainerCallback`; after each checkpoint save the newest `checkpoint-N` of the
   Trainer's `output_dir` is archived with the best one the Trainer keeps (`best_model_checkpoint`),
   and once more at `on_train_end`. A save is seen at `on_save`, and at the next step's end when a
-  new `checkpoint-{global_step}` appeared without it.
+  new `checkpoint-N` appeared without one (a listing of `output_dir` per step).
 - `LightningArchiveCallback(destination, every=None, keep=None)`: a Lightning `Callback` (package
   `lightning` or `pytorch_lightning`); archives the `ModelCheckpoint`'s directory after each save,
   with the checkpoints it keeps (`best_k_models`, `best_model_path`, `last_model_path`), at the end
@@ -83,10 +83,10 @@ def _build_hf():
         def __init__(self, destination: str, every: float | str | None = None, keep: int | None = None,
                      events: bool = True):
             self._setup_archiving(destination, every, keep, events)
-            self._state, self._handed = None, None
+            self._state, self._seen = None, frozenset()
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self._state, self._handed = state, None
+            self._state, self._seen = state, _checkpoint_dirs(args.output_dir)
             if state.is_world_process_zero:
                 self._start(args.output_dir, pinned=self._kept)
 
@@ -94,21 +94,21 @@ def _build_hf():
             state = self._state
             return [state.best_model_checkpoint] if state is not None and state.best_model_checkpoint else []
 
-        def _hand_over(self, step: int) -> None:
-            if self.archiver is not None and step != self._handed:
-                self._handed = step
+        def _hand_over(self, args) -> None:
+            """Notify the archiver when a `checkpoint-N` appeared since the last look."""
+            found = _checkpoint_dirs(args.output_dir)
+            if self.archiver is not None and found - self._seen:
                 self.archiver.notify()
+            self._seen = found
 
         def on_save(self, args, state, control, **kwargs):
             self._state = state
-            self._hand_over(state.global_step)  # the Trainer calls on_save once checkpoint-N is written
+            self._hand_over(args)  # the Trainer calls on_save once checkpoint-N is written
 
         def on_step_end(self, args, state, control, **kwargs):
-            # a save the Trainer made without on_save (a subclass, a plugin): checkpoint-N is there
+            # a save the Trainer made without on_save (a subclass, a plugin, a callback's own save)
             self._state = state
-            if self.archiver is not None and state.global_step != self._handed and \
-                    os.path.isdir(os.path.join(args.output_dir, f"checkpoint-{state.global_step}")):
-                self._hand_over(state.global_step)
+            self._hand_over(args)
 
         def on_train_end(self, args, state, control, **kwargs):
             self._state = state
@@ -193,6 +193,15 @@ def _build_lightning():
 
     LightningArchiveCallback.__module__ = __name__
     return LightningArchiveCallback
+
+
+def _checkpoint_dirs(output_dir: str) -> frozenset:
+    """The `checkpoint-N` names in a Trainer's output directory (a listing of a few entries)."""
+    try:
+        with os.scandir(output_dir) as entries:
+            return frozenset(e.name for e in entries if e.name.startswith("checkpoint-"))
+    except OSError:
+        return frozenset()
 
 
 def _file_version(path: str) -> tuple | None:

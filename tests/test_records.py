@@ -131,6 +131,30 @@ def test_dry_run_names_the_best_checkpoint_and_where_it_is_recorded(hf, ip, buck
     assert "with checkpoint-2, kept by the training library (its best)" in capsys.readouterr().out
 
 
+def test_hugging_face_saves_made_without_on_save_are_archived_as_they_happen(hf, bucket, tmp_path):
+    """A save the Trainer makes outside its save strategy (here a callback's own `_save_checkpoint`,
+    as plugins do) calls no `on_save`: the callback sees the new `checkpoint-N` at the next step."""
+    from colab_magics.callbacks import HuggingFaceArchiveCallback
+
+    transformers, _ = hf
+    callback = HuggingFaceArchiveCallback(f"gs://{bucket.name}")
+    trainer = hf_trainer(hf, tmp_path / "bert", 6, [callback])
+    trainer.args.save_strategy = trainer.args.eval_strategy = "no"  # only the saves below
+    trainer.args.load_best_model_at_end = False
+
+    class SaveAndWait(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (3, 5):  # the save of the step before has been handed over by now
+                wanted = f"bert.{state.global_step - 1}.zip"
+                poll(lambda: wanted in archive_names(bucket), 30, message=wanted)
+            if state.global_step in (2, 4):
+                trainer._save_checkpoint(trainer.model, None)
+
+    trainer.add_callback(SaveAndWait())
+    trainer.train()
+    assert archive_names(bucket) == {"bert.2.zip", "bert.4.zip"}
+
+
 # --- Lightning -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pl():
