@@ -341,7 +341,7 @@ class _Scan:
 
     def __init__(self, root: Path, exclude: tuple[str, ...] = (), include: tuple[str, ...] = (),
                  events: bool = False):
-        self.root, self.events = root, events
+        self.root, self.events, self.include = root, events, include
         self.entries: list[_Entry] = []  # every non-directory entry
         self.series: dict[tuple[str, str], dict[int, list[_Unit]]] = {}
         self.unnumbered: list[_Unit] = []  # checkpoint files without a step: candidates by mtime
@@ -534,8 +534,9 @@ class _Scan:
 
     def _whole_directory(self, step: int | None) -> Checkpoint:
         """No checkpoint of any layout: the directory itself, every file that is not left out."""
-        files = [e.path for e in self.entries if e.kind == "file" and e.excluded is None and not e.unfinished
-                 and (self.events or not _is_events(e.name))]
+        files = [e.path for e in self.entries if e.kind == "file" and e.excluded is None and
+                 (not (e.unfinished or (_is_events(e.name) and not self.events))
+                  or any(_matches(p, e.rel) for p in self.include))]
         if not files:
             raise NoCheckpointFound(f"nothing to archive in {self.root}: ", *_nothing_there(self.entries),
                                     f"; looked for {LOOKED_FOR}")
