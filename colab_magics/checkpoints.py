@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Iterable
 
 from colab_magics.errors import NoCheckpointFound, NotRegularFile, Param, RunDirError
-from colab_magics.torchfile import MAX_STEP, sane_step
+from colab_magics.torchfile import MAX_STEP, read_record, recorded_progress, sane_step
 
 STATE_FILE = "checkpoint"  # TensorFlow's state file, naming its latest checkpoint prefix
 DEEPSPEED_LATEST = "latest"  # DeepSpeed's file naming its latest global_stepN directory
@@ -553,8 +553,6 @@ class _Scan:
         `torchfile`, cached per file version): a run whose numbered file is its *best* epoch goes on
         in `last.ckpt` (Lightning 1.x's `save_last`, or `trainer.save_checkpoint("last.ckpt")`).
         """
-        from colab_magics.torchfile import recorded_progress
-
         found = None
         for unit in self.unnumbered:
             if unit.layout != "lightning" or not _LIGHTNING_LAST.match(os.path.basename(unit.path)) or not unit.files:
@@ -609,8 +607,6 @@ class _Scan:
 
     def _lightning_keeps(self, unit: _Unit, keep) -> None:
         """A `.ckpt`'s ModelCheckpoint state: `best_k_models`, `best_model_path`, `last_model_path`."""
-        from colab_magics.torchfile import read_record
-
         home = os.path.dirname(unit.path)
         for path in read_record(unit.path).kept:  # absolute where training ran: matched by name, here
             keep(os.path.join(home, _basename(path)), f"kept by ModelCheckpoint, as {self._rel(unit.path)} records")

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from colab_magics.torchfile import MAX_STEP, sane_step
+from colab_magics.torchfile import MAX_STEP, recorded_progress, sane_step
 
 _EPOCH = re.compile(r"(?:^|[^a-z])epoch[=_-]?(\d+)", re.I)
 _STEP = re.compile(r"(?:^|[^a-z])(?:global_?)?step[=_-]?(\d+)", re.I)
@@ -110,8 +110,6 @@ def _lightning_record(checkpoint: Path) -> Progress:
     """What a Lightning `.ckpt` records inside (`last.ckpt` has no step in its name)."""
     if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
         return Progress()
-    from colab_magics.torchfile import recorded_progress
-
     return Progress(*recorded_progress(checkpoint))
 
 
