@@ -126,6 +126,11 @@ class ColabMagics(Magics):
         """The settings as `%config` (else the environment, else the defaults) has them now."""
         return Settings(**{name: getattr(self, name) for name in NAMES})
 
+    def _listed(self, listing):
+        """A listing shows its table at once (also when assigned, or run from a script) and is returned
+        as the list of its rows; the CLI (no shell) prints the table itself."""
+        return listing.show(self.shell) if self.shell is not None else listing
+
     # --- storage --------------------------------------------------------------------------------
     @line_magic
     @magic_arguments()
@@ -253,8 +258,8 @@ class ColabMagics(Magics):
         asked = storage.parse_url(args.location).path
         rows = [(_relative(a.prefix, asked), a.run, _step_text(a), human_size(a.size), _when(a.updated), a.url)
                 for a in archives]
-        return TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
-                                         empty=f"no archives under {args.location}"))
+        return self._listed(TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
+                                                      empty=f"no archives under {args.location}")))
 
     # --- tensorboard and tunnels ----------------------------------------------------------------
     @line_magic
@@ -304,8 +309,8 @@ class ColabMagics(Magics):
         args, extra = parse(self.tensorboard_tunnel, line, passthrough=True)
         if args.list:
             rows = tensorboard.listing()
-            return TableList(rows, Table(["what", "serves", "url", "pid"], rows,
-                                         empty="no TensorBoard or tunnel running"))
+            return self._listed(TableList(rows, Table(["what", "serves", "url", "pid"], rows,
+                                                      empty="no TensorBoard or tunnel running")))
         if args.stop:
             stopped = tensorboard.stop_served(args.logdir)
             print(f"Stopped {len(stopped.instances)} TensorBoard(s) and {len(stopped.tunnels)} tunnel(s)")
@@ -363,8 +368,8 @@ class ColabMagics(Magics):
             mounts = mount.active_mounts()
             rows = [(m.mount_point, m.source, m.backend, "ro" if m.read_only else "rw", m.pid or "-")
                     for m in mounts]
-            return TableList(mounts, Table(["mount point", "source", "backend", "mode", "pid"], rows,
-                                           empty="no bucket mounts"))
+            return self._listed(TableList(mounts, Table(["mount point", "source", "backend", "mode", "pid"], rows,
+                                                        empty="no bucket mounts")))
         if not args.bucket:
             raise UsageError(f"give a BUCKET (or --list): {self.dialect.commands['mount']} BUCKET MOUNT_POINT")
         if args.unmount:  # BUCKET [MOUNT_POINT], or the mount point alone
@@ -455,8 +460,9 @@ class ColabMagics(Magics):
         if args.status:
             workers = archiver.background()
             rows = [_archiving_row(w.run_dir, w.summary(), self.dialect) for w in workers]
-            return TableList(workers, Table(["run dir", "destination", "archives", "last step", "archived at",
-                                             "last error"], rows, empty="no background archiving"))
+            return self._listed(TableList(workers, Table(["run dir", "destination", "archives", "last step",
+                                                          "archived at", "last error"], rows,
+                                                         empty="no background archiving")))
         if args.stop:
             summaries = archiver.stop_background(args.run_dir)
             for summary in summaries:
