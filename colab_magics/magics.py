@@ -145,7 +145,7 @@ class ColabMagics(Magics):
 
         Order: --key-file (any credentials file google-auth reads) or --emulator → an externally set
         STORAGE_EMULATOR_HOST → GOOGLE_APPLICATION_CREDENTIALS → Colab's sign-in / Kaggle's Google
-        Cloud Services add-on → Application Default Credentials.
+        Cloud Services add-on, else its Google Cloud SDK add-on → Application Default Credentials.
 
         Examples::
 
@@ -240,7 +240,7 @@ class ColabMagics(Magics):
     @expected_errors
     def gcs_list(self, line: str | Sequence[str] = ""):
         """List the archives under a bucket prefix and every prefix below it (oldest upload first):
-        prefix, run, step, size, time; return them.
+        prefix, run, step, size, time; show them (also when assigned) and return them.
 
         A checkpoint without a step number in its name is archived under its mtime and shown as
         such; the latest archive of a run is the most recently uploaded one, whatever its step.
