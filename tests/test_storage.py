@@ -283,6 +283,16 @@ def test_names_cloud_storage_refuses_are_one_line_in_python_and_the_magics(ip, b
     assert ip.run_line_magic("gcs_archive", "--status") == []
 
 
+def test_a_mounts_only_dir_is_named_as_cloud_storage_names_objects(ip, bucket, tmp_path):
+    from colab_magics import mount
+
+    with pytest.raises(InvalidBucketURL, match="line break"):
+        mount.mount(bucket.name, tmp_path / "mnt", only_dir="run1\n")
+    with pytest.raises(UsageError, match=r"'\.\.' segment"):
+        ip.run_line_magic("gcsfuse_mount", f"{bucket.name} {tmp_path / 'mnt'} --only-dir ../other")
+    assert not (tmp_path / "mnt").exists()  # refused before the mount point was made
+
+
 def test_an_archive_name_over_1024_bytes_is_refused_before_uploading(ip, bucket, tmp_path):
     run_dir, _ = keras_run(tmp_path / "run1")
     prefix = "p" * 1020  # a valid prefix (1 020 bytes), but PREFIX/run1.3.zip is 1 031
