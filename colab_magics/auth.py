@@ -4,8 +4,9 @@ Explicit beats implicit. Order: `--key-file` (a credentials file of any type goo
 `--emulator` (the bundled local emulator) → an externally set `STORAGE_EMULATOR_HOST` →
 `GOOGLE_APPLICATION_CREDENTIALS` → Colab's sign-in (from a process that is not the notebook's kernel:
 what a sign-in in the notebook left) → on Kaggle its Google Cloud Services add-on (Cloud Storage
-selected), else its Google Cloud SDK add-on → Application Default Credentials. The emulator's address lives in the returned `AuthInfo` (and the
-session), never in `os.environ`, so a later `%gcs_auth PROJECT --key-file K` really leaves it.
+selected), else its Google Cloud SDK add-on → Application Default Credentials. The emulator's address
+lives in the returned `AuthInfo` (and the session), never in `os.environ`, so a later
+`%gcs_auth PROJECT --key-file K` really leaves it.
 """
 
 from __future__ import annotations
