@@ -389,7 +389,9 @@ def start_background(run_dir: str | os.PathLike, destination: str, every: float 
                      **options) -> Archiver:
     """Start an archiver that lasts until `stop_background` or the end of the session (kernel).
 
-    One per run directory: a second one for the same directory is refused (AlreadyArchiving).
+    One per run directory: a second one for the same directory is refused (AlreadyArchiving). The
+    bucket is checked first (one bounded request, on the chief only), as `colab-magics run` does, so a
+    wrong name fails now, not silently for the rest of the session.
     """
     key = Path(run_dir).expanduser().absolute()
     existing = session.current().get(Archiver, key)
@@ -397,6 +399,9 @@ def start_background(run_dir: str | os.PathLike, destination: str, every: float 
         raise AlreadyArchiving(f"{key} is already archived in the background to {existing.location.url}: ",
                                do("archive_stop", str(key)), " first")
     worker = Archiver(key, destination, every, **options)
+    if chief.is_chief():
+        storage.require_bucket(worker._client or auth.storage_client(), worker.location,
+                               worker.settings.retry_deadline)
     worker.background = True  # tracked under its run dir while it runs; the shutdown gives it a final archive
     return worker.start()
 

@@ -146,6 +146,11 @@ class ColabMagics(Magics):
         values = {name: getattr(self, name) for name in NAMES}
         return Settings(**{**values, **{k: v for k, v in flags.items() if v is not None}})
 
+    def _listed(self, listing):
+        """A listing shows its table at once (also when assigned, or run from a script) and is returned
+        as the list of its rows; the CLI (no shell) prints the table itself."""
+        return listing.show(self.shell) if self.shell is not None else listing
+
     # --- storage --------------------------------------------------------------------------------
     @line_magic
     @magic_arguments()
@@ -160,7 +165,7 @@ class ColabMagics(Magics):
 
         Order: --key-file (any credentials file google-auth reads) or --emulator → an externally set
         STORAGE_EMULATOR_HOST → GOOGLE_APPLICATION_CREDENTIALS → Colab's sign-in / Kaggle's Google
-        Cloud Services add-on → Application Default Credentials.
+        Cloud Services add-on, else its Google Cloud SDK add-on → Application Default Credentials.
 
         Examples::
 
@@ -258,7 +263,7 @@ class ColabMagics(Magics):
     @expected_errors
     def gcs_list(self, line: str | Sequence[str] = ""):
         """List the archives under a bucket prefix and every prefix below it (oldest upload first):
-        prefix, run, step, size, time; return them.
+        prefix, run, step, size, time; show them (also when assigned) and return them.
 
         A checkpoint without a step number in its name is archived under its mtime and shown as
         such; the latest archive of a run is the most recently uploaded one, whatever its step.
@@ -276,8 +281,8 @@ class ColabMagics(Magics):
         asked = storage.parse_url(args.location).path
         rows = [(_relative(a.prefix, asked), a.run, _step_text(a), human_size(a.size), _when(a.updated), a.url)
                 for a in archives]
-        return TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
-                                         empty=f"no archives under {args.location}"))
+        return self._listed(TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
+                                                      empty=f"no archives under {args.location}")))
 
     # --- tensorboard and tunnels ----------------------------------------------------------------
     @line_magic
@@ -327,8 +332,8 @@ class ColabMagics(Magics):
         args, extra = parse(self.tensorboard_tunnel, line, passthrough=True)
         if args.list:
             rows = tensorboard.listing()
-            return TableList(rows, Table(["what", "serves", "url", "pid"], rows,
-                                         empty="no TensorBoard or tunnel running"))
+            return self._listed(TableList(rows, Table(["what", "serves", "url", "pid"], rows,
+                                                      empty="no TensorBoard or tunnel running")))
         if args.stop:
             stopped = tensorboard.stop_served(args.logdir)
             print(f"Stopped {len(stopped.instances)} TensorBoard(s) and {len(stopped.tunnels)} tunnel(s)")
@@ -384,8 +389,8 @@ class ColabMagics(Magics):
             mounts = mount.active_mounts()
             rows = [(m.mount_point, m.source, m.backend, "ro" if m.read_only else "rw", m.pid or "-")
                     for m in mounts]
-            return TableList(mounts, Table(["mount point", "source", "backend", "mode", "pid"], rows,
-                                           empty="no bucket mounts"))
+            return self._listed(TableList(mounts, Table(["mount point", "source", "backend", "mode", "pid"], rows,
+                                                        empty="no bucket mounts")))
         if not args.bucket:
             raise UsageError(f"give a BUCKET (or --list): {self.dialect.commands['mount']} BUCKET MOUNT_POINT")
         if args.unmount:  # BUCKET [MOUNT_POINT], or the mount point alone
@@ -476,8 +481,9 @@ class ColabMagics(Magics):
         if args.status:
             workers = archiver.background()
             rows = [_archiving_row(w.run_dir, w.summary(), self.dialect) for w in workers]
-            return TableList(workers, Table(["run dir", "destination", "archives", "last step", "archived at",
-                                             "last error"], rows, empty="no background archiving"))
+            return self._listed(TableList(workers, Table(["run dir", "destination", "archives", "last step",
+                                                          "archived at", "last error"], rows,
+                                                         empty="no background archiving")))
         if args.stop:
             summaries = archiver.stop_background(args.run_dir)
             for summary in summaries:

@@ -181,6 +181,8 @@ def mount(
                              Param("only_dir"))
         only_dir = location_url.path
     only_dir = (only_dir.strip("/") or None) if only_dir else None
+    if only_dir:  # a prefix of the bucket: named as Cloud Storage names objects
+        storage.parse_url(f"gs://{bucket}/{only_dir}")
     target = _resolve(mount_point or default_mount_point(bucket))
     executable, backend = _backend(backend, install)
     check_fuse()

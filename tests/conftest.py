@@ -24,6 +24,8 @@ import pytest
 
 from colab_magics.net import free_port  # noqa: F401  (tests import it from here)
 
+pytest_plugins = ("hosted_env",)  # the colab, kaggle and standins_path fixtures (tests/hosted_env.py)
+
 os.environ.setdefault("COLAB_MAGICS_PROGRESS", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
