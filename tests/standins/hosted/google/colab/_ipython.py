@@ -1,9 +1,10 @@
-"""Stand-in for googlecolab/colabtools `google/colab/_ipython.py`: the same code, verbatim.
+"""Stand-in for googlecolab/colabtools `google/colab/_ipython.py`: how the Colab modules reach the kernel.
 
-Every call to the Colab frontend goes through `get_ipython().kernel`: in a process that is not the
-notebook's kernel (a `!colab-magics …` shell command, a script) `get_ipython()` is None, or a shell
-without a kernel, and the call raises AttributeError. Tests that play a Colab kernel give the shell
-a `kernel` attribute (tests/hosted_env.py, fixture `colab`), as ipykernel's shell has one.
+Upstream's `get_kernel()` is `get_ipython().kernel` and `get_kernelapp()` its `.parent`; nothing
+guards them, so in a process that is not the notebook's kernel (a `!colab-magics …` shell command, a
+script) they raise AttributeError: on None when no IPython runs, on the shell when it has no kernel.
+Written for these tests from upstream's behaviour; tests that play a Colab kernel give the shell a
+`kernel` attribute (tests/hosted_env.py, fixture `colab`), as ipykernel's shell has one.
 """
 
 import IPython
@@ -14,14 +15,16 @@ def get_ipython():
 
 
 def get_kernel():
-  return get_ipython().kernel
+  """The running kernel; AttributeError outside one, as upstream."""
+  shell = IPython.get_ipython()
+  return shell.kernel
 
 
 def get_kernelapp():
-  return get_ipython().kernel.parent
+  """The kernel's application (where requests to the frontend are sent)."""
+  return get_kernel().parent
 
 
 def in_ipython():
-  """Return True iff we're in a IPython like environment."""
-  ip = IPython.get_ipython()
-  return hasattr(ip, 'kernel')
+  """True inside a kernel-backed IPython."""
+  return hasattr(IPython.get_ipython(), 'kernel')
