@@ -83,7 +83,9 @@ class Archiver:
     """Archive RUN_DIR's newest checkpoint to DESTINATION from a background thread.
 
     `every` is the shortest time between two archives (seconds, or "10m"); `None` archives only on
-    `archive_now()` and at `stop(final=True)`. `delay` holds the first archive back that long.
+    `archive_now()`, `notify()` and at `stop(final=True)`. `delay` holds the first archive back that
+    long. `pinned`, a callable returning paths, names checkpoints the training library keeps (a
+    callback's best ones): each archive holds them too.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Archiver:
         client=None,
         exclude: tuple[str, ...] = (),
         include: tuple[str, ...] = (),
+        pinned=None,
     ):
         self.run_dir = Path(run_dir).expanduser()
         self.location = storage.parse_url(destination)  # fails fast on a bad URL, before training
@@ -111,6 +114,8 @@ class Archiver:
         check_streams(settings.streams)  # a bad stream count fails now, not at the first archive
         self.events, self.keep, self.settings, self.fmt = events, keep, settings, fmt
         self.exclude, self.include = tuple(exclude), tuple(include)  # passed to save_run as they are
+        self.pinned = pinned  # () -> paths the training library keeps (its best checkpoints), asked at each save
+        self._checked = False  # the first look says so when RUN_DIR holds nothing to archive
         self.last_chance_timeout = last_chance_timeout
         self._client = client
         self._poll = _MAX_POLL if self.every is None else min(max(self.every / 10, 0.05), _MAX_POLL)
@@ -124,7 +129,7 @@ class Archiver:
         self._now_requested = self._fresh = self._stopping = self._final = False
         self._candidate: tuple | None = None
         self._done: set[int] = set()
-        self._summary = ArchiveSummary(self.location.url, self.run_dir.name)
+        self._summary = ArchiveSummary(self.location.url, checkpoints.run_name(self.run_dir))
         self.background = False  # started by start_background: the session finds it by its run dir
         self._session: session.Session | None = None  # the session tracking it while it runs
         self._closing_deadline: float | None = None
@@ -282,16 +287,18 @@ class Archiver:
             signature = (ckpt.step, _signature(ckpt.files))
             previous, self._candidate = self._candidate, signature
             if signature != previous:
-                # checkpoints come faster than we poll: take the previous newest if it is unchanged
-                if previous is None or previous[0] in self._done or not self._unchanged(previous):
+                # checkpoints come faster than we poll: take the previous newest if it is unchanged (a
+                # whole directory named by its mtime has no previous step: it waits for a quiet poll)
+                if previous is None or previous[0] in self._done or ckpt.layout == "directory" \
+                        or not self._unchanged(previous):
                     return
                 step = previous[0]
         started = time.monotonic()
         try:
-            pinned = step if ckpt.step_from == "name" else None  # an mtime is no step: save_run names it so
-            result = runs.save_run(self.run_dir, self.location.url, step=pinned, events=self.events,
+            at = step if ckpt.step_from != "mtime" else None  # an mtime is no step: save_run names it so
+            result = runs.save_run(self.run_dir, self.location.url, step=at, events=self.events,
                                    keep=self.keep, settings=self.settings, client=self._client, fmt=self.fmt,
-                                   exclude=self.exclude, include=self.include)
+                                   exclude=self.exclude, include=self.include, pinned=self._pinned())
         except ColabMagicsError as exc:
             self._failed(step, Words(*exc.args))
         except Exception as exc:  # an unexpected library error: logged with its traceback, retried
@@ -322,18 +329,48 @@ class Archiver:
     def _unchanged(self, candidate: tuple) -> bool:
         try:
             return candidate == (candidate[0], _signature(checkpoints.find_checkpoint(
-                self.run_dir, candidate[0], exclude=self.exclude, include=self.include).files))
+                self.run_dir, candidate[0], exclude=self.exclude, include=self.include, events=self.events).files))
         except (NoCheckpointFound, RunDirError, OSError):
             return False  # deleted meanwhile (a saver keeping only the last few)
 
     def _newest(self):
         try:
-            return checkpoints.find_checkpoint(self.run_dir, exclude=self.exclude, include=self.include)
-        except (NoCheckpointFound, RunDirError):
-            return None  # nothing written yet
+            found = checkpoints.find_checkpoint(self.run_dir, exclude=self.exclude, include=self.include,
+                                                events=self.events)
+        except RunDirError as exc:  # nothing written yet (or nothing we would archive)
+            self._first_look(exc)
+            return None
         except OSError as exc:  # a file vanished while we looked (a saver pruning old steps)
             log.debug("could not scan %s: %s", self.run_dir, exc)
             return None
+        self._checked = True
+        return found
+
+    def _first_look(self, exc: RunDirError) -> None:
+        """At the first look only: one line when RUN_DIR holds nothing this archiver would archive,
+        saying what it looks for, so a wrong path or format shows before hours of training."""
+        if self._checked:
+            return
+        self._checked = True
+        try:
+            why = "does not exist" if not self.run_dir.exists() else "is empty" if not any(self.run_dir.iterdir()) \
+                else None
+        except OSError:
+            why = None
+        if why is None or isinstance(exc, NoCheckpointFound):  # the error says what is there and what we look for
+            log.warning("%s", Words(*exc.args))
+        else:
+            log.warning("nothing to archive yet: %s %s; looking for %s", self.run_dir, why, checkpoints.LOOKED_FOR)
+
+    def _pinned(self) -> tuple[str, ...]:
+        """The paths the training library keeps, from the `pinned` callable (its failure: none)."""
+        if self.pinned is None:
+            return ()
+        try:
+            return tuple(str(p) for p in self.pinned() if p)
+        except Exception as exc:  # a callback object in a state we did not foresee: archive without them
+            log.debug("could not ask for the kept checkpoints: %s", exc)
+            return ()
 
 
 def _signature(files) -> tuple:
@@ -356,7 +393,9 @@ def start_background(run_dir: str | os.PathLike, destination: str, every: float 
                      **options) -> Archiver:
     """Start an archiver that lasts until `stop_background` or the end of the session (kernel).
 
-    One per run directory: a second one for the same directory is refused (AlreadyArchiving).
+    One per run directory: a second one for the same directory is refused (AlreadyArchiving). The
+    bucket is checked first (one bounded request, on the chief only), as `colab-magics run` does, so a
+    wrong name fails now, not silently for the rest of the session.
     """
     key = Path(run_dir).expanduser().absolute()
     existing = session.current().get(Archiver, key)
@@ -364,6 +403,9 @@ def start_background(run_dir: str | os.PathLike, destination: str, every: float 
         raise AlreadyArchiving(f"{key} is already archived in the background to {existing.location.url}: ",
                                do("archive_stop", str(key)), " first")
     worker = Archiver(key, destination, every, **options)
+    if chief.is_chief():
+        storage.require_bucket(worker._client or auth.storage_client(), worker.location,
+                               worker.settings.retry_deadline)
     worker.background = True  # tracked under its run dir while it runs; the shutdown gives it a final archive
     return worker.start()
 

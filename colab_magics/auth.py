@@ -2,9 +2,11 @@
 
 Explicit beats implicit. Order: `--key-file` (a credentials file of any type google-auth reads) or
 `--emulator` (the bundled local emulator) → an externally set `STORAGE_EMULATOR_HOST` →
-`GOOGLE_APPLICATION_CREDENTIALS` → Colab's sign-in (Kaggle's Google Cloud integration on Kaggle) →
-Application Default Credentials. The emulator's address lives in the returned `AuthInfo` (and the
-session), never in `os.environ`, so a later `%gcs_auth PROJECT --key-file K` really leaves it.
+`GOOGLE_APPLICATION_CREDENTIALS` → Colab's sign-in (from a process that is not the notebook's kernel:
+what a sign-in in the notebook left) → on Kaggle its Google Cloud Services add-on (Cloud Storage
+selected), else its Google Cloud SDK add-on → Application Default Credentials. The emulator's address
+lives in the returned `AuthInfo` (and the session), never in `os.environ`, so a later
+`%gcs_auth PROJECT --key-file K` really leaves it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from colab_magics import emulator as emulator_mod
@@ -54,7 +56,7 @@ def no_credentials() -> NoCredentials:
 class AuthInfo:
     """The credentials in use, whom they belong to, and where requests go."""
 
-    method: str  # "emulator", "service-account" or "key-file" (a file), "colab", "kaggle" or "adc"
+    method: str  # "emulator", "service-account" or "key-file" (a file), "colab", "kaggle", "kaggle-sdk" or "adc"
     identity: str
     project: str | None
     credentials: object = field(repr=False, compare=False, default=None)
@@ -82,14 +84,11 @@ def authenticate(
         return _emulator_auth(project, start=False, root=None)
     env_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if hosted.in_colab() and (not env_file or env_file == hosted.colab_adc_path()):
-        hosted.colab_authenticate_user(project)  # returns at once when its credentials are valid
-        return _adc_auth(project, method="colab")
+        return _colab_auth(project)
     if env_file:
         return _file_auth(Path(env_file).expanduser(), project)
     if hosted.in_kaggle():
-        credentials = hosted.kaggle_gcs_credentials()
-        return AuthInfo("kaggle", "your Google account (Kaggle's Google Cloud Services integration)",
-                        project or _env_project(), credentials)
+        return _kaggle_auth(project)
     return _adc_auth(project, method="adc")
 
 
@@ -239,6 +238,47 @@ def _file_auth(path: Path, project: str | None) -> AuthInfo:
         key_file=str(path),
         credential_type=kind,
     )
+
+
+def _colab_auth(project: str | None) -> AuthInfo:
+    """Colab's sign-in, in the notebook's kernel; in any other process (`!colab-magics …`) it cannot be
+    shown, so the credentials a sign-in in the notebook left are used, checked to give a token now."""
+    if hosted.in_notebook_kernel() or hosted.colab_user_credentials():
+        hosted.colab_authenticate_user(project)  # returns at once when its credentials are valid
+        return _adc_auth(project, method="colab")
+    from google.auth.exceptions import RefreshError, TransportError
+
+    try:
+        info = _adc_auth(project, method="colab")  # Colab's sign-in serves them from the metadata server
+        _check_token(info.credentials)
+    except (NoCredentials, RefreshError, TransportError):
+        raise hosted.colab_sign_in_from_a_shell() from None
+    return info
+
+
+def _kaggle_auth(project: str | None) -> AuthInfo:
+    """Kaggle's Google Cloud Services add-on when attached (Cloud Storage selected), else its Google
+    Cloud SDK add-on (the user's own credentials, which mount tools can use too)."""
+    if hosted.kaggle_gcs_attached():
+        return AuthInfo("kaggle", "your Google account (Kaggle's Google Cloud Services integration)",
+                        project or _env_project(), hosted.kaggle_gcs_credentials())
+    path = hosted.kaggle_gcloud_sdk_file()
+    if path is None:
+        raise hosted.kaggle_no_addon()
+    info = _file_auth(path, project)
+    return replace(info, method="kaggle-sdk")
+
+
+TOKEN_CHECK_TIMEOUT = 15.0  # seconds one token request may take when credentials are checked up front
+
+
+def _check_token(credentials) -> None:
+    """Ask for a token now (each request bounded), so credentials that cannot give one fail here."""
+    import functools
+
+    from google.auth.transport.requests import Request
+
+    credentials.refresh(functools.partial(Request(), timeout=TOKEN_CHECK_TIMEOUT))
 
 
 def _adc_auth(project: str | None, *, method: str) -> AuthInfo:

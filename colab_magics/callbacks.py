@@ -1,11 +1,15 @@
 """Training callbacks for PyTorch users: Hugging Face `Trainer` and Lightning keep their run archived.
 
 - `HuggingFaceArchiveCallback(destination, every=None, keep=None, events=True)`: a
-  `transformers.TrainerCallback`; after each checkpoint save (`on_save`) the newest `checkpoint-N`
-  of the Trainer's `output_dir` is archived, and once more at `on_train_end`.
+  `transformers.TrainerCallback`; after each checkpoint save the newest `checkpoint-N` of the
+  Trainer's `output_dir` is archived with the best one the Trainer keeps (`best_model_checkpoint`),
+  and once more at `on_train_end`. A save is seen at `on_save`, and at the next step's end when a
+  new `checkpoint-N` appeared without one (a listing of `output_dir` per step).
 - `LightningArchiveCallback(destination, every=None, keep=None)`: a Lightning `Callback` (package
   `lightning` or `pytorch_lightning`); archives the `ModelCheckpoint`'s directory after each save,
-  at the end of `fit` and when `fit` raises.
+  with the checkpoints it keeps (`best_k_models`, `best_model_path`, `last_model_path`), at the end
+  of `fit` and when `fit` raises. A save is seen from the callback's state (its paths and their
+  files changing), so weights-only saves count too: Lightning skips `on_save_checkpoint` for those.
 
 Both run the uploads in an `archiver.Archiver` thread, with its chief rules (only global rank 0
 archives). `every=None` archives every save; `every="10m"` at most once per interval. The
@@ -16,6 +20,7 @@ costs nothing.
 from __future__ import annotations
 
 import logging
+import os
 
 from colab_magics.archiver import Archiver, ArchiveSummary
 from colab_magics.errors import ColabMagicsError, MissingDependency, check_argument
@@ -23,7 +28,7 @@ from colab_magics.lazy import lazy_classes, require
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HuggingFaceArchiveCallback", "LightningArchiveCallback"]
+__all__ = ["HuggingFaceArchiveCallback", "LightningArchiveCallback"]  # noqa: F822  (made by __getattr__)
 
 
 def _transformers():
@@ -52,9 +57,10 @@ class _ArchivingCallback:
         self.summary: ArchiveSummary | None = None
         Archiver(".", destination, every, keep=keep)  # bad URL, interval or keep: one line, before training
 
-    def _start(self, run_dir) -> None:
+    def _start(self, run_dir, pinned=None) -> None:
         self._finish()  # a second fit() with the same callback starts afresh
-        self.archiver = Archiver(run_dir, self.destination, self.every, events=self.events, keep=self.keep).start()
+        self.archiver = Archiver(run_dir, self.destination, self.every, events=self.events, keep=self.keep,
+                                 pinned=pinned).start()
 
     def _finish(self) -> None:
         archiver, self.archiver = self.archiver, None
@@ -77,16 +83,35 @@ def _build_hf():
         def __init__(self, destination: str, every: float | str | None = None, keep: int | None = None,
                      events: bool = True):
             self._setup_archiving(destination, every, keep, events)
+            self._state, self._seen = None, frozenset()
 
         def on_train_begin(self, args, state, control, **kwargs):
+            self._state, self._seen = state, _checkpoint_dirs(args.output_dir)
             if state.is_world_process_zero:
-                self._start(args.output_dir)
+                self._start(args.output_dir, pinned=self._kept)
+
+        def _kept(self) -> list[str]:
+            state = self._state
+            return [state.best_model_checkpoint] if state is not None and state.best_model_checkpoint else []
+
+        def _hand_over(self, args) -> None:
+            """Notify the archiver when a `checkpoint-N` appeared since the last look."""
+            found = _checkpoint_dirs(args.output_dir)
+            if self.archiver is not None and found - self._seen:
+                self.archiver.notify()
+            self._seen = found
 
         def on_save(self, args, state, control, **kwargs):
-            if self.archiver is not None:  # the Trainer calls on_save once checkpoint-N is written
-                self.archiver.notify()
+            self._state = state
+            self._hand_over(args)  # the Trainer calls on_save once checkpoint-N is written
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # a save the Trainer made without on_save (a subclass, a plugin, a callback's own save)
+            self._state = state
+            self._hand_over(args)
 
         def on_train_end(self, args, state, control, **kwargs):
+            self._state = state
             self._finish()
 
     HuggingFaceArchiveCallback.__module__ = __name__
@@ -99,32 +124,57 @@ def _build_lightning():
     class LightningArchiveCallback(_ArchivingCallback, Callback):
         """Archive the `ModelCheckpoint`'s directory after each save, at the end of fit and on an exception.
 
-        Lightning calls `on_save_checkpoint` *before* the file is written and runs `ModelCheckpoint`
-        after every other callback, so a save is noted there and handed to the archiver at this
-        callback's next hook (next batch, epoch or validation end), when the file is complete; the
-        final archive at fit end (or on an exception) takes whatever was saved last.
+        Lightning runs `ModelCheckpoint` after every other callback, so a save made in one hook is
+        seen at this callback's next hook (next batch, epoch or validation end), when the file is
+        complete: from the checkpoint callbacks' own state (`last_model_path`, `best_model_path`,
+        `best_k_models` and those files' size and mtime), which changes with every save, weights-only
+        ones included (Lightning calls `on_save_checkpoint` only for full saves), or from
+        `on_save_checkpoint` for a `trainer.save_checkpoint` of the user's. Every archive holds the
+        checkpoints the callbacks keep; the final archive at fit end (or on an exception) takes
+        whatever was saved last.
         """
 
         def __init__(self, destination: str, every: float | str | None = None, keep: int | None = None):
             self._setup_archiving(destination, every, keep, False)
-            self._saved = False
+            self._saved, self._trainer, self._seen = False, None, None
 
         def on_fit_start(self, trainer, pl_module) -> None:
             checkpoint = trainer.checkpoint_callback
             if checkpoint is None or getattr(checkpoint, "dirpath", None) is None:
                 raise ColabMagicsError("LightningArchiveCallback needs a ModelCheckpoint with a directory: "
                                        "add ModelCheckpoint(dirpath=...) to the callbacks")
-            self._saved = False
+            self._saved, self._trainer = False, trainer
+            self._seen = self._saves()
             if trainer.is_global_zero:
-                self._start(checkpoint.dirpath)
+                self._start(checkpoint.dirpath, pinned=self._kept)
+
+        def _callbacks(self) -> list:
+            trainer = self._trainer
+            return [c for c in (getattr(trainer, "checkpoint_callbacks", None) or []) if hasattr(c, "best_k_models")]
+
+        def _kept(self) -> list[str]:
+            """What the checkpoint callbacks keep: every archive holds it (`ckpt_path="best"` after a restore)."""
+            kept = []
+            for callback in self._callbacks():
+                kept += [callback.best_model_path, callback.last_model_path, *callback.best_k_models]
+            return [p for p in kept if p]
+
+        def _saves(self) -> tuple:
+            """What changes when a checkpoint callback saves: its paths, and the files' size and mtime."""
+            seen = []
+            for callback in self._callbacks():
+                paths = (callback.last_model_path, callback.best_model_path)
+                seen.append((paths, tuple(callback.best_k_models), tuple(map(_file_version, paths))))
+            return tuple(seen)
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-            self._saved = True  # the file is written after this returns
+            self._saved = True  # a full save (the file is written after this returns)
 
         def _hand_over(self) -> None:
-            if self._saved and self.archiver is not None:
-                self._saved = False
+            saves = self._saves()
+            if (self._saved or saves != self._seen) and self.archiver is not None:
                 self.archiver.notify()
+            self._saved, self._seen = False, saves
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self._hand_over()
@@ -143,6 +193,23 @@ def _build_lightning():
 
     LightningArchiveCallback.__module__ = __name__
     return LightningArchiveCallback
+
+
+def _checkpoint_dirs(output_dir: str) -> frozenset:
+    """The `checkpoint-N` names in a Trainer's output directory (a listing of a few entries)."""
+    try:
+        with os.scandir(output_dir) as entries:
+            return frozenset(e.name for e in entries if e.name.startswith("checkpoint-"))
+    except OSError:
+        return frozenset()
+
+
+def _file_version(path: str) -> tuple | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if st else None
 
 
 __getattr__ = lazy_classes(__name__, globals(), {

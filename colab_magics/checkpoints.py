@@ -6,22 +6,38 @@ everything under RUN_DIR except:
 
 - the other steps of each *step series*: checkpoint files or directories whose names differ only by
   a step number (`ckpt-{N}.weights.h5`, `model.ckpt-{N}.*`, `checkpoint-{N}/`, `global_step{N}/`,
-  an Orbax `{N}/`). Each series keeps its newest step, or the step its framework names as latest
-  (TensorFlow's `checkpoint` state file, DeepSpeed's `latest`), or `step`'s;
+  an Orbax `{N}/`, and any keyed name whatever its extension: `step_{N}.npz`, `ckpt-{N}.pkl`, flax's
+  `checkpoint_{N}`). Each series keeps its newest step, or the step its framework names as latest
+  (TensorFlow's `checkpoint` state file, DeepSpeed's `latest`), or `step`'s — and the steps the
+  training library records as worth keeping: the best checkpoint in Hugging Face's
+  `trainer_state.json`, the `best_k_models`/`best_model_path`/`last_model_path` of a Lightning
+  `ModelCheckpoint` (recorded in its `.ckpt` files, or `pinned` by a caller holding the callback);
 - TensorBoard event files, unless `events=True`;
 - what `exclude` globs name (`include` globs add anything back);
 - what cannot be read as a file: FIFOs, sockets, devices, broken links, linked directories.
 
+Ask the library first: its records (`trainer_state.json`, a `.ckpt`'s callback state, Keras
+`BackupAndRestore`'s `training_metadata.json`, TF's state file, DeepSpeed's `latest`, Orbax's
+`_CHECKPOINT_METADATA`) decide; names are the fallback. Records are data from a file that may come
+from a bucket: read bounded, cached per file version, and any failure means "no record".
+
 A step is a number set off by a delimiter or a key (`ckpt-3`, `model_0003`, `epoch=5-step=1000`,
 `epoch5`, `weights.05-0.31.hdf5`), never digits glued to letters (`resnet50`, `yolov8n`, `gpt2`,
-`model_v2`), never a shard or rank counter (`-00001-of-00004`, `rank_0`). Directories are steps only
-with a key (`checkpoint-N`, `checkpoint_N`, `global_stepN`, `step_N`, `epoch=N`) or all digits, so
-`version_0/` or `fold_2/` are never dropped. The walk is one `os.scandir` pass with no per-file stat.
+`model_v2`), never a shard or rank counter (`-00001-of-00004`, `rank_0`), never more than 15
+digits. A file of another format is a step only when its number has a key (`ckpt`, `checkpoint`,
+`step`, `epoch`, `iter`) or it is an array or pickle file (`.npz`, `.npy`, `.pkl`, ...); images,
+audio, video and reports (`sample_5.png`, `metrics_step_9.csv`) never are. Directories are steps
+only with a key (`checkpoint-N`, `checkpoint_N`, `global_stepN`, `step_N`, `epoch=N`), or all
+digits *with Orbax's metadata inside*, so `version_0/`, `fold_2/` or a dated `logs/20241123/` are
+never dropped. With no checkpoint at all, the archive is the whole directory, named by the newest
+file's mtime. The walk is one `os.scandir` pass with no per-file stat.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import json
 import os
 import re
 import stat
@@ -30,7 +46,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
-from colab_magics.errors import NoCheckpointFound, NotRegularFile, RunDirError
+from colab_magics.errors import NoCheckpointFound, NotRegularFile, Param, RunDirError
+from colab_magics.torchfile import MAX_STEP, read_record, recorded_progress, sane_step
 
 STATE_FILE = "checkpoint"  # TensorFlow's state file, naming its latest checkpoint prefix
 DEEPSPEED_LATEST = "latest"  # DeepSpeed's file naming its latest global_stepN directory
@@ -61,8 +78,24 @@ _DIR_LAYOUTS = {"checkpoint-": "huggingface", "checkpoint_": "accelerate", "glob
 _UNFINISHED_DIR = re.compile(r"\.orbax-checkpoint-tmp|^tmp-checkpoint-\d+$|(?:ckpt|-\d+)_temp$")
 _UNFINISHED_FILE = re.compile(r"\.tempstate\d+$|\.tmp[0-9a-f]{32}$")
 _LIGHTNING_LAST = re.compile(r"^last(?:-v\d+)?\.ckpt$")
+_LIGHTNING_VERSION = re.compile(r"^version_\d+$")
 _STATE_LINE = re.compile(r'^\s*model_checkpoint_path:\s*"(?P<path>.*)"\s*$', re.M)
 _SMALL = 64 * 1024  # state files read to find a framework's latest are at most this big
+# a file of another format is a step when its number has one of these keys, or it is an array/pickle file
+_STEP_KEYS = {"global_step", "globalstep", "steps", "step", "iteration", "iter", "epoch", "checkpoint", "ckpt"}
+_DATA_SUFFIXES = (".npz", ".npy", ".pkl", ".pickle", ".joblib", ".pt.tar", ".pth.tar", ".ckpt.tar", ".flax")
+# ... never images, audio, video, logs and reports, whatever their names say
+_NEVER_STEPS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".svg", ".webp", ".tif", ".tiff", ".mp4", ".avi", ".mov",
+                ".webm", ".wav", ".mp3", ".flac", ".ogg", ".csv", ".tsv", ".log", ".html", ".htm", ".pdf", ".md")
+_MAX_DIGITS = len(str(MAX_STEP)) - 1  # a longer number is an id or a timestamp in ns, not a step
+TRAINER_STATE = "trainer_state.json"  # Hugging Face Trainer: global_step, best_model_checkpoint
+KERAS_BACKUP = ("training_metadata.json", "latest.weights.h5")  # Keras BackupAndRestore: epoch, weights
+ORBAX_METADATA = ("_CHECKPOINT_METADATA", "commit_success.txt")  # in each Orbax step directory
+_ORBAX_ITEM_METADATA = ("_METADATA", "checkpoint", "manifest.ocdbt")  # an item of an older Orbax step
+_MAX_RECORD = 32 * 1024 * 1024  # a JSON record (trainer_state.json grows with log_history) read at most
+LOOKED_FOR = ("numbered checkpoints (ckpt-{N}.*, checkpoint-{N}/, model.ckpt-{N}.*, step_{N}.npz, an Orbax {N}/ "
+              "…), checkpoint files (*.pt, *.ckpt, *.keras, *.safetensors …) or, failing those, any file that "
+              "is not left out")
 
 
 # --- records ------------------------------------------------------------------------------------
@@ -73,12 +106,14 @@ class Checkpoint:
     step: int
     path: Path
     files: tuple[Path, ...]
-    layout: str  # "tensorflow", "keras", "pytorch", "lightning", "huggingface", "accelerate", "deepspeed", "orbax", ...
-    step_from: str = "name"  # "name", "flag" (--step) or "mtime" (no number: the newest file's mtime)
+    layout: str  # "tensorflow", "keras", "pytorch", "lightning", "huggingface", "accelerate", "deepspeed", "orbax",
+    #              "file" (a numbered file of another format), "directory" (no checkpoint: the whole run directory)
+    step_from: str = "name"  # "name", "record" (the library's own record), "flag" (--step) or "mtime" (no number)
 
     @property
     def mtime(self) -> float:
-        return max(f.stat().st_mtime for f in self.files)
+        """The newest mtime of its files (for the whole directory, named by its mtime: that)."""
+        return max((f.stat().st_mtime for f in self.files), default=float(self.step))
 
 
 @dataclass(frozen=True)
@@ -95,13 +130,24 @@ class LeftOut:
 
 
 @dataclass(frozen=True)
+class Kept:
+    """A checkpoint archived beside the newest because the training library keeps it (its best)."""
+
+    path: Path  # absolute: a step directory, a file or a TF prefix
+    step: int | None
+    why: str  # where the library records it, e.g. "best_model_checkpoint in checkpoint-6/trainer_state.json"
+
+
+@dataclass(frozen=True)
 class Plan:
-    """What an archive of `root` holds: `files` (sorted, absolute) and what was `left_out`."""
+    """What an archive of `root` holds: `files` (sorted, absolute), what was `left_out`, and the
+    checkpoints `kept` beside the newest because the library records them."""
 
     root: Path
     checkpoint: Checkpoint
     files: tuple[Path, ...]
     left_out: tuple[LeftOut, ...] = ()
+    kept: tuple[Kept, ...] = ()
 
     @property
     def step(self) -> int:
@@ -150,32 +196,48 @@ def plan(
     events: bool = False,
     exclude: Iterable[str] = (),
     include: Iterable[str] = (),
+    pinned: Iterable[str | os.PathLike] = (),
 ) -> Plan:
     """Every file an archive of `run_dir` holds, the checkpoint it is named after, and what is left out.
 
     `exclude`/`include` are globs matched against paths relative to RUN_DIR, their file names and
-    their parent directories (`'*.tmp'`, `'samples'`, `'checkpoint-2/*'`); include wins.
+    their parent directories (`'*.tmp'`, `'samples'`, `'checkpoint-2/*'`); include wins. `pinned`
+    names checkpoints (files, step directories, TF prefixes) that go in whatever their step, as a
+    caller holding the library's callback knows them (Lightning's `best_k_models`).
     """
-    scan, chosen = _scan_and_choose(run_dir, step, tuple(exclude), tuple(include))
-    return scan.select(chosen, step, events, tuple(include))
+    scan, chosen = _scan_and_choose(run_dir, step, tuple(exclude), tuple(include), events)
+    return scan.select(chosen, step, events, tuple(include), tuple(map(os.fspath, pinned)))
 
 
 def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None, *,
-                    exclude: Iterable[str] = (), include: Iterable[str] = ()) -> Checkpoint:
+                    exclude: Iterable[str] = (), include: Iterable[str] = (), events: bool = False) -> Checkpoint:
     """The checkpoint of `step`, else the one its framework names latest, else the highest step in
-    the names, else (no number anywhere) the newest checkpoint file by mtime."""
-    return _scan_and_choose(run_dir, step, tuple(exclude), tuple(include))[1]
+    the names (or the library's records), else (no number anywhere) the newest checkpoint file by
+    mtime, else the whole directory."""
+    return _scan_and_choose(run_dir, step, tuple(exclude), tuple(include), events)[1]
 
 
-def _scan_and_choose(run_dir, step: int | None, exclude: tuple[str, ...], include: tuple[str, ...]):
+def run_name(run_dir: str | os.PathLike) -> str:
+    """The RUN of a run directory's archives: its name, with the `version_N` of a Lightning default
+    `dirpath` (`lightning_logs/version_3/checkpoints` → `version_3-checkpoints`), so two runs of one
+    project never share a name."""
+    path = Path(os.path.abspath(Path(run_dir).expanduser())).resolve()
+    if path.name == "checkpoints" and _LIGHTNING_VERSION.match(path.parent.name):
+        return f"{path.parent.name}-{path.name}"
+    return path.name
+
+
+def _scan_and_choose(run_dir, step: int | None, exclude: tuple[str, ...], include: tuple[str, ...],
+                     events: bool = False):
     root = check_run_dir(run_dir)
-    scan = _Scan(root, exclude, include)
+    scan = _Scan(root, exclude, include, events)
     chosen = scan.choose(step)
     irregular = {Path(e.path): e.what for e in scan.entries if e.kind != "file"}
     bad = next((f for f in chosen.files if f in irregular), None)
     if bad is not None:
         raise NotRegularFile(f"the checkpoint {_rel(bad, root)} is {irregular[bad]}, not a regular file: it cannot "
-                             f"be archived (pass --step N for another step, or --exclude {_rel(bad, root)!r})")
+                             "be archived (pass ", Param("step"), " for another step, or ",
+                             Param("exclude", _rel(bad, root)), ")")
     return scan, chosen
 
 
@@ -205,6 +267,7 @@ class _Unit:
     path: str  # absolute, like every path below: Path objects are made only for what is returned
     layout: str
     files: list[str] = field(default_factory=list)
+    step_from: str = "name"  # "record": the step is the library's record, not in the name
 
     def mtime(self) -> float:
         times = []
@@ -274,10 +337,11 @@ def _walk(root: Path):
 
 
 class _Scan:
-    """One walk of a run directory: its files, its step series and what frameworks name as latest."""
+    """One walk of a run directory: its files, its step series and what frameworks record about them."""
 
-    def __init__(self, root: Path, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()):
-        self.root = root
+    def __init__(self, root: Path, exclude: tuple[str, ...] = (), include: tuple[str, ...] = (),
+                 events: bool = False):
+        self.root, self.events, self.include = root, events, include
         self.entries: list[_Entry] = []  # every non-directory entry
         self.series: dict[tuple[str, str], dict[int, list[_Unit]]] = {}
         self.unnumbered: list[_Unit] = []  # checkpoint files without a step: candidates by mtime
@@ -306,15 +370,18 @@ class _Scan:
                 by_dir.setdefault(entry.parent, []).append(entry)
         self._read_designations()
         self._huggingface_dirs(by_dir)
+        self._keras_backups(by_dir)
 
     # units ---------------------------------------------------------------------------------------
     def _maybe_step_dir(self, entry: _Entry) -> _Unit | None:
         parent, name = entry.parent, entry.name
         if name.isdigit():
+            if len(name) > _MAX_DIGITS or not _is_orbax_step(entry.path):
+                return None  # a date (`logs/20241123/`) or an id: a step only where Orbax's metadata says so
             unit = _Unit((parent, "{N}/"), int(name), entry.path, "orbax")
         else:
             match = _STEP_DIR.match(name)
-            if not match:
+            if not match or len(match.group("n")) > _MAX_DIGITS:
                 return None
             head = match.group("head")
             layout = next((v for k, v in _DIR_LAYOUTS.items() if head.lower().endswith(k)), "directory")
@@ -345,7 +412,8 @@ class _Scan:
             return
         lower = name.lower()
         if not lower.endswith(_SUFFIX_TUPLE):
-            return  # belongs to no step: always archived
+            self._maybe_other_format(entry)
+            return
         suffix = next(s for s in _CHECKPOINT_SUFFIXES if lower.endswith(s))
         stem = name[: -len(suffix)]
         parsed = _parse_name(stem)
@@ -356,6 +424,18 @@ class _Scan:
         entry.unit = _Unit((parent, template), parsed[0] if parsed else None, entry.path, layout, [entry.path])
         self._add(entry.unit)
 
+    def _maybe_other_format(self, entry: _Entry) -> None:
+        """A numbered file of any other format (`step_100.npz`, `ckpt-6.pkl`, flax's `checkpoint_100`) is
+        a step when its number has a key or it is an array or pickle file; media and reports never are."""
+        lower = entry.name.lower()
+        if lower.endswith(_NEVER_STEPS):
+            return
+        parsed = _parse(entry.name)
+        if parsed is None or not (parsed[2] in _STEP_KEYS or lower.endswith(_DATA_SUFFIXES)):
+            return
+        entry.unit = _Unit((entry.parent, parsed[1]), parsed[0], entry.path, "file", [entry.path])
+        self._add(entry.unit)
+
     def _add(self, unit: _Unit) -> None:
         if unit.step is None:
             self.unnumbered.append(unit)
@@ -363,23 +443,20 @@ class _Scan:
             self.series.setdefault(unit.series, {}).setdefault(unit.step, []).append(unit)
 
     def _read_designations(self) -> None:
-        """TensorFlow's `checkpoint` and DeepSpeed's `latest` name their latest step: it wins."""
+        """TensorFlow's `checkpoint` and DeepSpeed's `latest` name their latest step: it wins.
+
+        The state file itself belongs to no step: TensorFlow rewrites it at every save, so counting it
+        among the latest step's files would make that step look changed whenever a newer one appears."""
         for entry in self._states:
             if entry.kind != "file":
                 continue
-            try:
-                if os.stat(entry.path).st_size > _SMALL:
-                    continue
-                with open(entry.path, encoding="utf-8", errors="replace") as fh:
-                    text = fh.read()
-            except OSError:
+            text = _small_text(entry.path)
+            if text is None:
                 continue
             parent = entry.parent
             if entry.name == STATE_FILE:
                 match = _STATE_LINE.search(text)
                 unit = self._tf_units.get((parent, Path(match.group("path")).name)) if match else None
-                if unit is not None:
-                    unit.files.append(entry.path)  # part of that checkpoint, as TensorFlow reads it
             else:
                 tag = text.strip()
                 unit = self._dir_units.get(f"{parent}/{tag}" if parent else tag)
@@ -399,6 +476,24 @@ class _Scan:
                 self.unnumbered.append(_Unit((parent, ""), None, str(self.root / parent if parent else self.root),
                                              "huggingface", [e.path for e in entries if e.kind == "file"]))
 
+    def _keras_backups(self, by_dir: dict[str, list[_Entry]]) -> None:
+        """Keras `BackupAndRestore` records the epochs done beside `latest.weights.h5`: that is its step
+        when the backup was taken at an epoch's end (mid-epoch backups stay named by mtime)."""
+        metadata_name, weights_name = KERAS_BACKUP
+        for parent, entries in by_dir.items():
+            metadata = next((e for e in entries if e.name == metadata_name and e.kind == "file"), None)
+            weights = next((u for u in self.unnumbered if u.series[0] == parent
+                            and os.path.basename(u.path) == weights_name), None) if metadata else None
+            if weights is None:
+                continue
+            record = _json_record(metadata.path)
+            epoch, batch = sane_step(record.get("epoch")), record.get("batch", 0)
+            if epoch is None or batch not in (0, None):
+                continue
+            self.unnumbered.remove(weights)
+            weights.step, weights.step_from, weights.files = epoch, "record", [weights.path, metadata.path]
+            self._add(weights)
+
     # choosing ------------------------------------------------------------------------------------
     def _numbered(self) -> list[_Unit]:
         return [u for steps in self.series.values() for units in steps.values() for u in units if u.files]
@@ -406,32 +501,50 @@ class _Scan:
     def choose(self, step: int | None) -> Checkpoint:
         numbered = self._numbered()
         if step is not None:
-            matching = [u for u in numbered if u.step == step]
-            last = None if matching else self._lightning_last(after=None, step=step)
-            if last is not None:
-                return last
-            if not matching:
-                found = sorted({u.step for u in numbered})
-                raise NoCheckpointFound(f"no checkpoint of step {step} in {self.root}: steps found: "
-                                        f"{_short(found) or 'none'}")
-            return _checkpoint(_newest(matching), "flag")
+            return self._choose_step(numbered, step)
         named = [u for u in numbered if self.designated.get(u.series) == u.step]
         if named:
             return _checkpoint(_newest(named), "name")
         best = None
-        if numbered:
-            top = max(u.step for u in numbered)
-            best = _checkpoint(_newest([u for u in numbered if u.step == top]), "name")
+        known = [u for u in numbered if u.layout != "file"] or numbered  # other formats only without a known one
+        if known:
+            top = max(u.step for u in known)
+            best = _checkpoint(_newest([u for u in known if u.step == top]), "name")
         last = self._lightning_last(after=best)
         if last is not None or best is not None:
             return last or best
         candidates = [u for u in self.unnumbered if u.files]
-        if not candidates:
-            raise NoCheckpointFound(
-                f"no checkpoint found in {self.root}: expected TensorFlow, Keras, PyTorch, Lightning, "
-                "Hugging Face, accelerate, DeepSpeed or Orbax checkpoint files (or pass --step for a numbered one)")
-        best = _newest(candidates)
-        return _checkpoint(best, "mtime", step=int(best.mtime()))
+        if candidates:
+            newest = _newest(candidates)
+            return _checkpoint(newest, "mtime", step=int(newest.mtime()))
+        return self._whole_directory(None)
+
+    def _choose_step(self, numbered: list[_Unit], step: int) -> Checkpoint:
+        matching = [u for u in numbered if u.step == step]
+        if matching:
+            return _checkpoint(_newest(matching), "flag")
+        last = self._lightning_last(after=None, step=step)
+        if last is not None:
+            return last
+        if not numbered:  # no series to pick from: the newest checkpoint file, or the directory, named as asked
+            candidates = [u for u in self.unnumbered if u.files]
+            return _checkpoint(_newest(candidates), "flag", step=step) if candidates else self._whole_directory(step)
+        found = sorted({u.step for u in numbered})
+        raise NoCheckpointFound(f"no checkpoint of step {step} in {self.root}: steps found: {_short(found) or 'none'}")
+
+    def _whole_directory(self, step: int | None) -> Checkpoint:
+        """No checkpoint of any layout: the directory itself, every file that is not left out."""
+        files = [e.path for e in self.entries if e.kind == "file" and e.excluded is None and
+                 (not (e.unfinished or (_is_events(e.name) and not self.events))
+                  or any(_matches(p, e.rel) for p in self.include))]
+        if not files:
+            raise NoCheckpointFound(f"nothing to archive in {self.root}: ", *_nothing_there(self.entries),
+                                    f"; looked for {LOOKED_FOR}")
+        # no file is "the checkpoint": none must hold still while read, and the directory counts as settled
+        # once its newest mtime (the archive's name) stays the same
+        newest = int(_Unit(("", ""), None, "", "directory", files).mtime())
+        return Checkpoint(newest if step is None else step, self.root, (), "directory",
+                          "mtime" if step is None else "flag")
 
     def _lightning_last(self, after: Checkpoint | None, step: int | None = None) -> Checkpoint | None:
         """Lightning's `last.ckpt` when the step it records is past `after`'s (or is `step`): it wins.
@@ -440,8 +553,6 @@ class _Scan:
         `torchfile`, cached per file version): a run whose numbered file is its *best* epoch goes on
         in `last.ckpt` (Lightning 1.x's `save_last`, or `trainer.save_checkpoint("last.ckpt")`).
         """
-        from colab_magics.torchfile import recorded_progress
-
         found = None
         for unit in self.unnumbered:
             if unit.layout != "lightning" or not _LIGHTNING_LAST.match(os.path.basename(unit.path)) or not unit.files:
@@ -467,9 +578,61 @@ class _Scan:
                 kept[series] = named if named in present else max(present, default=None)
         return kept
 
+    # what the library records as worth keeping ----------------------------------------------------
+    def _library_keeps(self, kept: dict[tuple[str, str], int | None], pinned: tuple[str, ...]) -> dict[_Unit, str]:
+        """The checkpoints the training library keeps beside the newest (its best ones), and why."""
+        units = self._units_by_path()
+        keeps: dict[_Unit, str] = {}
+
+        def keep(path: str, why: str) -> None:
+            unit = units.get(path)
+            if unit is not None and unit.step is not None and unit.files and unit not in keeps:
+                keeps[unit] = why
+
+        for series, step in kept.items():
+            for unit in self.series[series].get(step, ()) if step is not None else ():
+                if unit.layout == "huggingface":  # checkpoint-N/trainer_state.json names the best checkpoint
+                    best = _json_record(os.path.join(unit.path, TRAINER_STATE)).get("best_model_checkpoint")
+                    if isinstance(best, str) and best:
+                        keep(os.path.join(os.path.dirname(unit.path), _basename(best)),
+                             f"best_model_checkpoint in {self._rel(unit.path)}/{TRAINER_STATE}")
+                elif unit.path.endswith(".ckpt"):
+                    self._lightning_keeps(unit, keep)
+        for unit in self.unnumbered:
+            if unit.layout == "lightning" and unit.files:
+                self._lightning_keeps(unit, keep)
+        for path in pinned:
+            keep(self._inside(path), "as the training callback reports")
+        return keeps
+
+    def _lightning_keeps(self, unit: _Unit, keep) -> None:
+        """A `.ckpt`'s ModelCheckpoint state: `best_k_models`, `best_model_path`, `last_model_path`."""
+        home = os.path.dirname(unit.path)
+        for path in read_record(unit.path).kept:  # absolute where training ran: matched by name, here
+            keep(os.path.join(home, _basename(path)), f"kept by ModelCheckpoint, as {self._rel(unit.path)} records")
+
+    def _units_by_path(self) -> dict[str, _Unit]:
+        found = {u.path: u for steps in self.series.values() for units in steps.values() for u in units}
+        found.update((u.path, u) for u in self.unnumbered)
+        return found
+
+    def _inside(self, path: str) -> str:
+        """A path the caller gives, as the walk names it (below the run directory as given)."""
+        path = os.path.abspath(path)
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if real == real_root or real.startswith(real_root + os.sep):
+            return os.path.join(str(self.root), os.path.relpath(real, real_root))
+        return path
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root)
+
     # selecting -----------------------------------------------------------------------------------
-    def select(self, chosen: Checkpoint, step: int | None, events: bool, include: tuple[str, ...]) -> Plan:
+    def select(self, chosen: Checkpoint, step: int | None, events: bool, include: tuple[str, ...],
+               pinned: tuple[str, ...] = ()) -> Plan:
         kept = self._kept_steps(step)
+        library = self._library_keeps(kept, pinned)
         files: list[str] = []
         groups: dict[tuple[str, object], list[str]] = {}
         other_steps: dict[tuple[str, object], set[int]] = {}
@@ -482,7 +645,8 @@ class _Scan:
                 reason = ("excluded", entry.excluded)
             elif entry.unfinished:
                 reason = ("unfinished", None)
-            elif unit is not None and unit.step is not None and unit.step != kept.get(unit.series):
+            elif unit is not None and unit.step is not None and unit.step != kept.get(unit.series) \
+                    and unit not in library:
                 top = kept.get(unit.series)
                 reason = ("older" if top is not None and unit.step < top else "newer", unit.series)
                 other_steps.setdefault(reason, set()).add(unit.step)
@@ -502,7 +666,31 @@ class _Scan:
                 reason += f" ({self.named_by[key[1]]} names step {kept[key[1]]})"
             left_out.append(LeftOut(reason, key[0], tuple(paths)))
         left_out.sort(key=lambda g: (_KINDS.index(g.kind), g.reason))
-        return Plan(self.root, chosen, tuple(map(Path, files)), tuple(left_out))
+        also = tuple(Kept(Path(u.path), u.step, why) for u, why in library.items()
+                     if u.step != kept.get(u.series) and Path(u.path) != chosen.path)
+        return Plan(self.root, chosen, tuple(map(Path, files)), tuple(left_out), tuple(sorted(also, key=_by_path)))
+
+
+def _by_path(kept: Kept) -> str:
+    return kept.path.as_posix()
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rpartition("/")[2]
+
+
+def _nothing_there(entries: list[_Entry]) -> tuple:
+    """Why a run directory holds nothing to archive, as message parts."""
+    kinds = {"excluded" if e.excluded is not None else "events" if e.kind == "file" and _is_events(e.name) else
+             "unfinished" if e.unfinished else "other" for e in entries}
+    if not kinds:
+        return ("it is empty",)
+    words = {"events": ("event files (left out without ", Param("events"), ")"), "excluded": ("excluded files",),
+             "unfinished": ("files of a save in progress",), "other": ("what is not a regular file",)}
+    parts: list = ["it holds only "]
+    for i, kind in enumerate(sorted(kinds)):
+        parts += ([" and "] if i else []) + list(words[kind])
+    return tuple(parts)
 
 
 _KINDS = ("older", "newer", "events", "excluded", "unfinished", "not_regular")
@@ -524,8 +712,57 @@ def _reason(key: tuple[str, object], steps: set[int] | None, step: int | None) -
 
 
 def _checkpoint(unit: _Unit, step_from: str, step: int | None = None) -> Checkpoint:
+    if step_from == "name" and step is None:
+        step_from = unit.step_from  # "record": the library's record gave the step, not the name
     return Checkpoint(unit.step if step is None else step, Path(unit.path), tuple(map(Path, sorted(set(unit.files)))),
                       unit.layout, step_from)
+
+
+# --- records ------------------------------------------------------------------------------------
+def _small_text(path: str) -> str | None:
+    """A state file's text (`checkpoint`, `latest`), or None when it is unreadable or too big for one."""
+    try:
+        if os.stat(path).st_size > _SMALL:
+            return None
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(_SMALL)
+    except OSError:
+        return None
+
+
+def _json_record(path: str) -> dict:
+    """A JSON record's top-level object (`trainer_state.json`, `training_metadata.json`), or {}; read
+    once per file version."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return _json_cached(path, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@functools.lru_cache(maxsize=256)
+def _json_cached(path: str, mtime_ns: int, size: int, ino: int) -> dict:  # noqa: ARG001  (the cache key)
+    if size > _MAX_RECORD:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read(_MAX_RECORD))
+    except (OSError, ValueError, RecursionError, MemoryError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_orbax_step(path: str) -> bool:
+    """An all-digit directory is an Orbax step when Orbax's metadata is in it (`_CHECKPOINT_METADATA`;
+    older versions: an item directory holding `_METADATA`, `checkpoint` or `manifest.ocdbt`)."""
+    if any(os.path.isfile(os.path.join(path, name)) for name in ORBAX_METADATA):
+        return True
+    try:
+        with os.scandir(path) as children:
+            items = [c.path for c in children if c.is_dir(follow_symlinks=False)]
+    except OSError:
+        return False
+    return any(os.path.isfile(os.path.join(item, name)) for item in items[:16] for name in _ORBAX_ITEM_METADATA)
 
 
 def _excluded_by(rel: str, exclude: tuple[str, ...], include: tuple[str, ...]) -> str | None:
@@ -539,8 +776,14 @@ def _excluded_by(rel: str, exclude: tuple[str, ...], include: tuple[str, ...]) -
 def _parse_name(stem: str) -> tuple[int, str] | None:
     """(step, template) of a name: the step number replaced by {N}, other keyed numbers and decimals
     by *; None when the name carries no step."""
+    parsed = _parse(stem)
+    return parsed[:2] if parsed else None
+
+
+def _parse(stem: str) -> tuple[int, str, str] | None:
+    """(step, template, key) of a name; key is the step's key in lower case (`ckpt`, `step`), or ""."""
     masked = _COUNTER.sub(lambda m: "x" * len(m.group(0)), stem)
-    candidates = []  # (rank, position, start, end)
+    candidates = []  # (rank, start, end, key)
     wildcards = []
     for match in _NUMBER.finditer(masked):
         start, end = match.span()
@@ -549,22 +792,24 @@ def _parse_name(stem: str) -> tuple[int, str] | None:
             if "." in match.group(0) and not after.isalpha():
                 wildcards.append((start, end))
             continue
+        if end - start > _MAX_DIGITS:
+            continue  # an id or a timestamp, never a step
         before = masked[start - 1:start]
         key = _KEY_BEFORE.search(masked[:start])
         if key:
-            candidates.append((_KEY_RANK[key.group("key").lower()], start, end, True))
+            candidates.append((_KEY_RANK[key.group("key").lower()], start, end, key.group("key").lower()))
         elif not before.isalpha():
-            candidates.append((3, start, end, False))
+            candidates.append((3, start, end, ""))
     if not candidates:
         return None
-    rank, start, end, _ = min(candidates, key=lambda c: (c[0], c[1]))
+    rank, start, end, key = min(candidates, key=lambda c: (c[0], c[1]))
     spans = [(start, end, "{N}")]
-    spans += [(s, e, "*") for r, s, e, keyed in candidates if keyed and s != start]
+    spans += [(s, e, "*") for r, s, e, k in candidates if k and s != start]
     spans += [(s, e, "*") for s, e in wildcards]
     template = stem
     for s, e, text in sorted(spans, reverse=True):
         template = template[:s] + text + template[e:]
-    return int(stem[start:end]), template
+    return int(stem[start:end]), template, key
 
 
 def _is_events(name: str) -> bool:

@@ -15,6 +15,8 @@ import textwrap
 import threading
 from dataclasses import dataclass
 
+from colab_magics.errors import InvalidBucketURL, InvalidInterval
+
 
 @dataclass(frozen=True)
 class Command:
@@ -95,6 +97,7 @@ COMMANDS = {
     ),
 }
 _RETURNS_AT_ONCE = {"--list", "--unmount", "--stop"}  # foreground commands that only look or undo
+BAD_ARGUMENTS = (InvalidBucketURL, InvalidInterval)  # a wrong argument, not a failed operation: exit 2
 
 
 class Misuse(Exception):
@@ -274,9 +277,11 @@ def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | 
         elif COMMANDS[command].foreground and not _RETURNS_AT_ONCE & set(rest):
             _wait_for_interrupt(f"{command} running; press Ctrl-C to stop")
     except UsageError as exc:
-        if isinstance(exc.__cause__, ColabMagicsError):
+        if isinstance(exc.__cause__, ColabMagicsError) and not isinstance(exc.__cause__, BAD_ARGUMENTS):
             return _failure(command, exc)
         return _misuse(command, str(exc))
+    except BAD_ARGUMENTS as exc:
+        return _misuse(command, words.render(exc))
     except ColabMagicsError as exc:
         return _failure(command, words.render(exc))
     return 0

@@ -45,11 +45,34 @@ class Table:
 
 
 class TableList(list):
-    """A list (what a magic returns) that displays as a table."""
+    """A list (what a listing magic returns) that displays as its table.
+
+    The magic shows the table itself (`show`), so `rows = %gcs_list …` and a script run by
+    `ipython script.ipy` show it too; when the returned list is then the cell's value, IPython's
+    display of it is skipped in that same cell (`_ipython_display_`), so it is not shown twice.
+    """
 
     def __init__(self, items, table: Table):
         super().__init__(items)
         self.table = table
+        self._shown_in: int | None = None  # the shell's execution count when `show` displayed it
+
+    def show(self, shell) -> "TableList":
+        """Display the table now through `shell` (HTML in notebooks, text in terminals); return self."""
+        from IPython.display import display
+
+        display(self.table)
+        self._shown_in = shell.execution_count
+        return self
+
+    def _ipython_display_(self) -> None:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        shell = get_ipython()
+        if self._shown_in is not None and shell is not None and shell.execution_count == self._shown_in:
+            return  # shown by the magic in this very cell
+        display(self.table)
 
     def _repr_html_(self) -> str:
         return self.table._repr_html_()

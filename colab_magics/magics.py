@@ -51,11 +51,12 @@ def parse(magic, line: str | Sequence[str], *, passthrough: bool = False) -> tup
 
     The CLI hands its argv list as is (no re-joining). With `passthrough`, everything after a
     standalone `--` is returned unparsed (e.g. TensorBoard's own flags); without it, `--` only ends
-    the options, as in a shell. Unbalanced quotes are a one-line UsageError.
+    the options, as in a shell. A `#` starting a word starts a comment, as in a shell
+    (`%gcs_list gs://b/exp   # run, step, size`). Unbalanced quotes are a one-line UsageError.
     """
     if isinstance(line, str):
         try:
-            argv = shlex.split(line)
+            argv = shlex.split(_without_comment(line))
         except ValueError as exc:  # "No closing quotation", "No escaped character"
             raise UsageError(f"{exc.args[0].lower()} in: {line.strip()}") from None
     else:
@@ -65,6 +66,23 @@ def parse(magic, line: str | Sequence[str], *, passthrough: bool = False) -> tup
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1:]
     return magic.parser.parse_args(argv), rest
+
+
+def _without_comment(line: str) -> str:
+    """`line` up to a shell comment: a `#` at the start of a word, outside quotes (`a#b` is a word)."""
+    quote, escaped = None, False
+    for i, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
 
 
 class _FromSettings:
@@ -122,13 +140,16 @@ class ColabMagics(Magics):
     #: the words of messages and notes: the magics' own, or the CLI's when it runs a magic's body
     dialect: Dialect = DIALECT
 
-    def settings(self, streams: int | None = None) -> Settings:
-        """The settings as `%config` (else the environment, else the defaults) has them now; `streams`
-        (a --streams flag) overrides that setting."""
-        from colab_magics.settings import check_streams
+    def settings(self, **flags) -> Settings:
+        """The settings as `%config` (else the environment, else the defaults) has them now, with the
+        flags given (a None flag was not given)."""
+        values = {name: getattr(self, name) for name in NAMES}
+        return Settings(**{**values, **{k: v for k, v in flags.items() if v is not None}})
 
-        settings = Settings(**{name: getattr(self, name) for name in NAMES})
-        return settings if streams is None else settings.replace(streams=check_streams(streams))
+    def _listed(self, listing):
+        """A listing shows its table at once (also when assigned, or run from a script) and is returned
+        as the list of its rows; the CLI (no shell) prints the table itself."""
+        return listing.show(self.shell) if self.shell is not None else listing
 
     # --- storage --------------------------------------------------------------------------------
     @line_magic
@@ -144,7 +165,7 @@ class ColabMagics(Magics):
 
         Order: --key-file (any credentials file google-auth reads) or --emulator → an externally set
         STORAGE_EMULATOR_HOST → GOOGLE_APPLICATION_CREDENTIALS → Colab's sign-in / Kaggle's Google
-        Cloud Services add-on → Application Default Credentials.
+        Cloud Services add-on, else its Google Cloud SDK add-on → Application Default Credentials.
 
         Examples::
 
@@ -200,7 +221,7 @@ class ColabMagics(Magics):
 
         args, _ = parse(self.gcs_save, line)
         result = runs.save_run(args.run_dir, args.destination, step=args.step, events=args.events,
-                               force=args.force, keep=args.keep, settings=self.settings(args.streams),
+                               force=args.force, keep=args.keep, settings=self.settings(streams=args.streams),
                                exclude=tuple(args.exclude), include=tuple(args.include), dry_run=args.dry_run)
         if isinstance(result, runs.Planned):
             print(_describe_plan(result))
@@ -214,6 +235,8 @@ class ColabMagics(Magics):
                              "for its most recently uploaded archive.")
     @argument("target_dir", help="Directory to restore into (created if missing).")
     @argument("--step", type=int, help="With a run URL: restore the archive of this step instead.")
+    @argument("--streams", type=int, metavar="N", help="Parallel ranged reads of a zip (default: the `streams` "
+                                                       f"setting, {DEFAULTS.streams}; 1: one stream).")
     @expected_errors
     def gcs_load(self, line: str | Sequence[str] = ""):
         """Restore an archive (or a run's latest) into TARGET_DIR; return the checkpoint.
@@ -232,7 +255,8 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_load, line)
-        result = runs.load_run(args.source, args.target_dir, step=args.step, settings=self.settings())
+        result = runs.load_run(args.source, args.target_dir, step=args.step,
+                               settings=self.settings(streams=args.streams))
         print(_describe_load(result))
         return result
 
@@ -243,7 +267,7 @@ class ColabMagics(Magics):
     @expected_errors
     def gcs_list(self, line: str | Sequence[str] = ""):
         """List the archives under a bucket prefix and every prefix below it (oldest upload first):
-        prefix, run, step, size, time; return them.
+        prefix, run, step, size, time; show them (also when assigned) and return them.
 
         A checkpoint without a step number in its name is archived under its mtime and shown as
         such; the latest archive of a run is the most recently uploaded one, whatever its step.
@@ -261,8 +285,8 @@ class ColabMagics(Magics):
         asked = storage.parse_url(args.location).path
         rows = [(_relative(a.prefix, asked), a.run, _step_text(a), human_size(a.size), _when(a.updated), a.url)
                 for a in archives]
-        return TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
-                                         empty=f"no archives under {args.location}"))
+        return self._listed(TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
+                                                      empty=f"no archives under {args.location}")))
 
     @line_magic
     @magic_arguments()
@@ -337,22 +361,20 @@ class ColabMagics(Magics):
         args, extra = parse(self.tensorboard_tunnel, line, passthrough=True)
         if args.list:
             rows = tensorboard.listing()
-            return TableList(rows, Table(["what", "serves", "url", "pid"], rows,
-                                         empty="no TensorBoard or tunnel running"))
+            return self._listed(TableList(rows, Table(["what", "serves", "url", "pid"], rows,
+                                                      empty="no TensorBoard or tunnel running")))
         if args.stop:
             stopped = tensorboard.stop_served(args.logdir)
             print(f"Stopped {len(stopped.instances)} TensorBoard(s) and {len(stopped.tunnels)} tunnel(s)")
             return None
         if not args.logdir:
             raise UsageError(f"give the LOGDIR TensorBoard should read, e.g. {self.dialect.commands['tunnel']} runs")
-        options = tunnels.TunnelOptions(
-            auth=tunnels.parse_auth(args.auth) if args.auth else None, no_auth=args.no_auth,
-            ssh_target=args.ssh, ssh_key=args.ssh_key, ssh_known_hosts=self.ssh_known_hosts or None,
-            remote_port=args.remote_port, url=args.url, timeout=self.tensorboard_timeout,
-            bin_dir=self.ngrok_bin_dir or None,
-        )
-        served = tensorboard.serve(args.logdir, args.provider or self.tunnel_provider or None, options,
-                              port=args.port, extra_args=extra, timeout=self.tensorboard_timeout)
+        settings = self.settings()
+        options = tunnels.TunnelOptions.from_settings(
+            settings, auth=tunnels.parse_auth(args.auth) if args.auth else None, no_auth=args.no_auth,
+            ssh_target=args.ssh, ssh_key=args.ssh_key, remote_port=args.remote_port, url=args.url)
+        served = tensorboard.serve(args.logdir, args.provider, options, port=args.port, extra_args=extra,
+                                   settings=settings)
         tensorboard.inline_view(served)
         show(served.link(self.dialect.render))
         return served.url
@@ -396,8 +418,8 @@ class ColabMagics(Magics):
             mounts = mount.active_mounts()
             rows = [(m.mount_point, m.source, m.backend, "ro" if m.read_only else "rw", m.pid or "-")
                     for m in mounts]
-            return TableList(mounts, Table(["mount point", "source", "backend", "mode", "pid"], rows,
-                                           empty="no bucket mounts"))
+            return self._listed(TableList(mounts, Table(["mount point", "source", "backend", "mode", "pid"], rows,
+                                                        empty="no bucket mounts")))
         if not args.bucket:
             raise UsageError(f"give a BUCKET (or --list): {self.dialect.commands['mount']} BUCKET MOUNT_POINT")
         if args.unmount:  # BUCKET [MOUNT_POINT], or the mount point alone
@@ -408,7 +430,7 @@ class ColabMagics(Magics):
             return result.mount_point
         result = mount.mount(args.bucket, args.mount_point, only_dir=args.only_dir, read_only=args.read_only,
                              create=args.create, location=args.location, storage_class=args.storage_class,
-                             backend=args.backend, install=args.install, retry_deadline=self.retry_deadline)
+                             backend=args.backend, install=args.install, settings=self.settings())
         verb = "Already mounted" if result.reused else "Mounted"
         print(f"{verb} {result.url} at {result.mount_point} ({result.backend}"
               f"{', read-only' if result.read_only else ''}{', bucket created' if result.created_bucket else ''})")
@@ -477,7 +499,7 @@ class ColabMagics(Magics):
             raise UsageError("--stop and --status belong to the line form: %gcs_archive --status")
         _require_run(args, "%%gcs_archive")
         return archiver.Archiver(args.run_dir, args.destination, args.every or self.every, events=args.events,
-                                 keep=args.keep, settings=self.settings(args.streams),
+                                 keep=args.keep, settings=self.settings(streams=args.streams),
                                  exclude=tuple(args.exclude), include=tuple(args.include)).start()
 
     @expected_errors
@@ -490,8 +512,9 @@ class ColabMagics(Magics):
         if args.status:
             workers = archiver.background()
             rows = [_archiving_row(w.run_dir, w.summary(), self.dialect) for w in workers]
-            return TableList(workers, Table(["run dir", "destination", "archives", "last step", "archived at",
-                                             "last error"], rows, empty="no background archiving"))
+            return self._listed(TableList(workers, Table(["run dir", "destination", "archives", "last step",
+                                                          "archived at", "last error"], rows,
+                                                         empty="no background archiving")))
         if args.stop:
             summaries = archiver.stop_background(args.run_dir)
             for summary in summaries:
@@ -501,7 +524,7 @@ class ColabMagics(Magics):
             return None
         _require_run(args, "%gcs_archive")
         worker = archiver.start_background(args.run_dir, args.destination, args.every or self.every, events=args.events,
-                                           keep=args.keep, settings=self.settings(args.streams),
+                                           keep=args.keep, settings=self.settings(streams=args.streams),
                                            exclude=tuple(args.exclude), include=tuple(args.include))
         summary = worker.summary()
         if summary.skipped:
@@ -515,6 +538,8 @@ class ColabMagics(Magics):
     @magic_arguments()
     @argument("run_dir", help="The run directory to restore into (its name is the run's RUN).")
     @argument("destination", help="gs://BUCKET[/PREFIX] the run is archived under.")
+    @argument("--streams", type=int, metavar="N", help="Parallel ranged reads of a zip (default: the `streams` "
+                                                       f"setting, {DEFAULTS.streams}; 1: one stream).")
     @expected_errors
     def gcs_resume(self, line: str = ""):
         """Restore the latest archive of RUN_DIR's run into RUN_DIR, if there is one; return the record.
@@ -531,7 +556,7 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_resume, line)
-        result = runs.resume(args.run_dir, args.destination, settings=self.settings())
+        result = runs.resume(args.run_dir, args.destination, settings=self.settings(streams=args.streams))
         print(_describe_load(result) if result else f"Fresh start: {result.note}")
         return result
 
@@ -599,6 +624,10 @@ def _describe_save(result, dialect: Dialect) -> str:
     text = (f"Saved step {_step_text(result)} of {result.run} to {result.url} "
             f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s"
             f"{f', {result.parts} parallel parts' if result.parts else ''})")
+    if result.step_from == "mtime":
+        text += "; no step number in the names: named by the newest file's time"
+    if getattr(result, "kept", ()):
+        text += f"; with {', '.join(result.kept)}, kept by the training library (its best)"
     if result.left_out_older:
         text += f"; {result.left_out_older} file(s) of older steps left out"
     if result.reread:
@@ -619,6 +648,9 @@ def _describe_plan(result) -> str:
              f"{len(result.files)} file(s), {human_size(result.size)}:"]
     table = Table(["file", "size"], [(path.as_posix(), human_size(size)) for path, size in result.files])
     lines += ["  " + row for row in str(table).splitlines()[1:]]
+    for kept in getattr(result, "kept", ()):
+        lines.append(f"Also kept, as the training library records: {kept.path.relative_to(result.root).as_posix()} "
+                     f"({kept.why})")
     if result.left_out:
         lines.append("Left out:")
     for group in result.left_out:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colab_magics import auth, processes, session, storage
+from colab_magics.settings import Settings, effective
 from colab_magics.errors import (
     HelperNotReady,
     BucketNotFound,
@@ -158,15 +159,15 @@ def mount(
     backend: str | None = None,
     install: bool = False,
     timeout: float = READY_TIMEOUT,
-    retry_deadline: float | None = None,
+    settings: Settings | None = None,
 ) -> Mounted:
     """Mount `bucket` (or its `only_dir` prefix) at `mount_point`; return once it is usable.
 
     `backend` None means gcsfuse when it is on PATH, else rclone. `install` installs gcsfuse from
     Google's apt repository when it is missing (Debian/Ubuntu, root); rclone is installed from the
     distribution when missing and root. Re-running with the same arguments reuses the mount.
-    `retry_deadline` bounds the bucket check against an endpoint that does not answer (default
-    `storage.EXISTS_CHECK_DEADLINE`).
+    `settings.retry_deadline` bounds the bucket check against an endpoint that does not answer (at
+    most `storage.EXISTS_CHECK_DEADLINE`).
     """
     started = time.monotonic()
     if (location or storage_class) and not create:
@@ -180,6 +181,8 @@ def mount(
                              Param("only_dir"))
         only_dir = location_url.path
     only_dir = (only_dir.strip("/") or None) if only_dir else None
+    if only_dir:  # a prefix of the bucket: named as Cloud Storage names objects
+        storage.parse_url(f"gs://{bucket}/{only_dir}")
     target = _resolve(mount_point or default_mount_point(bucket))
     executable, backend = _backend(backend, install)
     check_fuse()
@@ -198,7 +201,7 @@ def mount(
     _check_mount_point(target)
     created = _ensure_bucket(client, bucket, create=create, location=location, storage_class=storage_class,
                              project=getattr(info, "project", None),
-                             deadline=retry_deadline or storage.EXISTS_CHECK_DEADLINE)
+                             deadline=effective(settings).retry_deadline)
     target.mkdir(parents=True, exist_ok=True)
 
     log_path = Path(tempfile.gettempdir()) / "colab_magics-mounts" / (_slug(target) + ".log")

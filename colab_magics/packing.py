@@ -8,23 +8,28 @@ at single-core speed). Zips are laid out by `ziplayout`; tar.gz is written here.
 not change and does raises FileChanged, and nothing more is written — no central directory, no gzip
 trailer — so an upload fed by the stream never completes.
 
-Reading: member names, layout and declared sizes are checked before anything is written (absolute
-paths, `..`, links, devices are refused); sizes are enforced while inflating, with memory bounded
-by a constant; what is written goes into a staging directory that `restore` swaps into place.
+Reading: member names, layout, member count and declared sizes are checked before anything is
+written (absolute paths, `..`, links, devices, paths deeper than MAX_DEPTH are refused); sizes are
+enforced while inflating, with memory bounded by a constant; what is written goes into a staging
+directory that `restore` swaps into place. A zip is cut into slices (`ZipPlan.slices`) that
+workers extract independently from ranged reads (`sliced`), each piece's CRC-32 combined into the
+member's (`crc_combine`); a tar.gz is read as one stream.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import stat
 import struct
 import tarfile
+import threading
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Collection, Iterable, Mapping, NamedTuple
 
@@ -296,17 +301,28 @@ class _Sink:
 
 
 # --- checking names -----------------------------------------------------------------------------
+MAX_DEPTH = 128  # directory levels of one member path: real checkpoints nest a few, a hostile one thousands
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A member name for a one-line message: a hostile 3 000-character name is cut."""
+    return repr(name if len(name) <= limit else name[: limit - 1] + "…")
+
+
 def safe_member_path(name: str) -> PurePosixPath:
     """The relative path a member may be extracted to, or UnsafeArchive."""
     if "\x00" in name or "\\" in name:
-        raise UnsafeArchive(f"archive member {name!r} has a forbidden character: refusing to extract")
+        raise UnsafeArchive(f"archive member {_shown(name)} has a forbidden character: refusing to extract")
     path = PurePosixPath(name)
     if path.is_absolute() or (path.parts and path.parts[0].endswith(":")):
-        raise UnsafeArchive(f"archive member {name!r} has an absolute path: refusing to extract")
+        raise UnsafeArchive(f"archive member {_shown(name)} has an absolute path: refusing to extract")
     if ".." in path.parts:
-        raise UnsafeArchive(f"archive member {name!r} points outside the target: refusing to extract")
+        raise UnsafeArchive(f"archive member {_shown(name)} points outside the target: refusing to extract")
     if not path.parts:
         raise UnsafeArchive("archive member with an empty name: refusing to extract")
+    if len(path.parts) > MAX_DEPTH:
+        raise UnsafeArchive(f"archive member {_shown(name)} is {len(path.parts):,} levels deep (at most "
+                            f"{MAX_DEPTH}): refusing a corrupt or hostile archive")
     return path
 
 
@@ -315,17 +331,21 @@ def _check_zip_member(info: zipfile.ZipInfo) -> None:
     mode = info.external_attr >> 16
     if info.create_system == 3 and stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or special file"
-        raise UnsafeArchive(f"archive member {info.filename!r} is {kind}: refusing to extract")
+        raise UnsafeArchive(f"archive member {_shown(info.filename)} is {kind}: refusing to extract")
     if info.flag_bits & 0x1:
-        raise UnsafeArchive(f"archive member {info.filename!r} is encrypted: refusing to extract")
+        raise CorruptArchive(f"archive member {_shown(info.filename)} is encrypted, which colab_magics never "
+                             "writes: refusing to extract")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise CorruptArchive(
-            f"archive member {info.filename!r} uses compression method {info.compress_type}: "
+            f"archive member {_shown(info.filename)} uses compression method {info.compress_type}: "
             "only stored and deflated members are supported"
         )
 
 
 # --- how much an extraction may write -----------------------------------------------------------
+FILE_COST = 4096  # what each member costs beyond its bytes: an inode and a partly used block
+
+
 def mib(n: int) -> str:
     """Bytes as MiB for messages: '1,024', or '0.2' below 10."""
     value = n / 1024 / 1024
@@ -334,10 +354,12 @@ def mib(n: int) -> str:
 
 @dataclass
 class Budget:
-    """How many bytes an extraction may write in all, checked before each write (never after).
+    """How much an extraction may write in all, checked before each write (never after); thread-safe.
 
-    Two caps: `ratio_limit` (a multiple of the archive's size: a zip bomb is refused) and
-    `disk_limit` (the free space of the target's filesystem less a margin). None: no cap.
+    Three caps: `ratio_limit` (a multiple of the archive's size: a zip bomb is refused), `disk_limit`
+    (the free space of the target's filesystem less a margin) and `max_files` (members of any size:
+    each costs an inode and a write). Every member also counts FILE_COST bytes against the first two,
+    so a small archive of many empty files is refused like a bomb. None: no cap.
     """
 
     source: str = "the archive"
@@ -347,6 +369,9 @@ class Budget:
     free: int = 0
     margin: int = 0
     written: int = 0
+    max_files: int | None = None
+    members: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def check(self, total: int, *, declared: bool = False) -> None:
         """Refuse `total` bytes (the archive's declared total, or the bytes written so far)."""
@@ -363,16 +388,84 @@ class Budget:
                 "(%config ColabMagics.restore_free_margin_mb): free some space or choose another TARGET_DIR"
             )
 
+    def check_count(self, count: int, *, exact: bool = True) -> None:
+        """Refuse an archive of more than `max_files` members (`count`: all of them, or seen so far)."""
+        if self.max_files is not None and count > self.max_files:
+            held = (f"{count:,} files and directories, over the {self.max_files:,}" if exact else
+                    f"more than the {self.max_files:,} files and directories")
+            raise ArchiveTooLarge(
+                f"{self.source} holds {held} a restore takes: refusing a likely hostile archive (raise the "
+                "restore_max_files setting if it is genuine)"
+            )
+
+    def declare(self, members: int, size: int) -> None:
+        """An archive's declared member count and total size, refused before anything is written;
+        what is written afterwards counts on top of the members' overhead."""
+        self.check_count(members)
+        self.check(size + members * FILE_COST, declared=True)
+        with self._lock:
+            self.members, self.written = members, members * FILE_COST
+
+    def add_member(self) -> None:
+        """Count one more member of a stream whose count is not known up front (tar.gz)."""
+        with self._lock:
+            self.members += 1
+            self.check_count(self.members, exact=False)
+            self.written += FILE_COST
+            self.check(self.written)
+
     def add(self, n: int) -> None:
         """Count `n` bytes about to be written; refuse them if they pass a cap."""
-        self.written += n
-        self.check(self.written)
+        with self._lock:
+            self.written += n
+            self.check(self.written)
 
 
-# --- reading a zip as a stream ------------------------------------------------------------------
+# --- CRCs of pieces -----------------------------------------------------------------------------
+CRC32_POLY = 0xEDB88320  # zip's CRC-32 (zlib.crc32), reflected
+CRC32C_POLY = 0x82F63B78  # Castagnoli's, as Cloud Storage's crc32c (google_crc32c), reflected
+
+
+def _multiply(a: int, b: int, poly: int) -> int:
+    """a × b modulo the CRC polynomial (reflected bit order), as zlib's multmodp."""
+    m, product = 1 << 31, 0
+    while True:
+        if a & m:
+            product ^= b
+            if not a & (m - 1):
+                return product
+        m >>= 1
+        b = (b >> 1) ^ poly if b & 1 else b >> 1
+
+
+@functools.lru_cache(maxsize=None)
+def _powers(poly: int) -> tuple[int, ...]:
+    """x^(2^k) modulo the polynomial, k = 0..31."""
+    table = [1 << 30]  # x^1
+    for _ in range(31):
+        table.append(_multiply(table[-1], table[-1], poly))
+    return tuple(table)
+
+
+def crc_combine(crc1: int, crc2: int, len2: int, poly: int = CRC32_POLY) -> int:
+    """The CRC of A + B from crc(A), crc(B) and len(B), as zlib's crc32_combine: no byte read again.
+
+    Any reflected 32-bit CRC with all-ones init and final xor: `poly` CRC32_POLY (zip) or CRC32C_POLY.
+    """
+    table, shift, power, k = _powers(poly), 1 << 31, len2, 3  # x^(8·len2): len2 bytes of zeros
+    while power:
+        if power & 1:
+            shift = _multiply(table[k & 31], shift, poly)
+        power >>= 1
+        k += 1
+    return _multiply(shift, crc1, poly) ^ crc2
+
+
+# --- reading a zip's index from the object's tail -----------------------------------------------
 INDEX_TAIL = 256 * 1024  # first guess at the index's size: one request for most archives
 MAX_INDEX = 64 * 1024 * 1024  # ~400 000 members with typical names; a larger claim is refused unread
 INFLATE_BLOCK = 1024 * 1024  # most bytes one inflate call may produce: memory stays bounded
+MAX_LOCAL_HEADER = 30 + 2 * 65535  # a local header with the longest name and extra field
 
 
 class NeedBytes(Exception):
@@ -387,6 +480,17 @@ class TailFile(io.RawIOBase):
 
     def __init__(self, size: int, tail_offset: int, tail: bytes):
         self._size, self._start, self._tail, self._pos = size, tail_offset, tail, 0
+
+    @property
+    def start(self) -> int:
+        """The object offset of the first byte held."""
+        return self._start
+
+    def bytes(self, start: int, end: int) -> bytes:
+        """The object's bytes [start, end), all held (start >= self.start)."""
+        if start < self._start or end > self._size:
+            raise NeedBytes(start)
+        return self._tail[start - self._start : end - self._start]
 
     def seekable(self) -> bool:
         return True
@@ -423,17 +527,23 @@ class TailFile(io.RawIOBase):
 
 
 def read_zip_index(size: int, fetch: Callable[[int, int], bytes], tail: int = INDEX_TAIL,
-                   max_index: int = MAX_INDEX) -> zipfile.ZipFile:
-    """Parse a remote zip's central directory from its tail; `fetch(start, end)` gets a byte range.
+                   max_index: int = MAX_INDEX, budget: Budget | None = None) -> zipfile.ZipFile:
+    """Parse a remote zip's central directory from its tail; `fetch(start, end)` gets a byte range
+    (`end` inclusive). The result's `fp` is the TailFile holding the bytes fetched.
 
     At most `max_index` bytes are ever fetched: an end record claiming a larger directory (or one
-    before the object's start) is refused without reading it.
+    before the object's start) is refused without reading it. With a `budget`, the directory's entries
+    are counted before `zipfile` parses them, so an index of a million members is refused before a
+    million ZipInfo objects exist.
     """
     start = max(0, size - tail)
     data = fetch(start, size - 1) if size else b""
     while True:
         try:
-            return zipfile.ZipFile(TailFile(size, start, data))
+            fp = TailFile(size, start, data)
+            if budget is not None and budget.max_files is not None:
+                budget.check_count(_count_entries(fp, budget.max_files + 1), exact=False)
+            return zipfile.ZipFile(fp)
         except NeedBytes as need:
             if size - need.offset > max_index:
                 raise CorruptArchive(
@@ -445,6 +555,31 @@ def read_zip_index(size: int, fetch: Callable[[int, int], bytes], tail: int = IN
             raise CorruptArchive(f"not a valid zip archive ({exc}): it may be truncated") from None
 
 
+def _count_entries(fp: TailFile, stop: int) -> int:
+    """The central directory's entries, counted from their headers (not the end record, which may
+    lie), up to `stop`. Finds the directory as `zipfile` does (its `_EndRecData`, zip64 included)."""
+    end = zipfile._EndRecData(fp)  # noqa: SLF001  the same end record zipfile will use
+    if end is None:
+        raise zipfile.BadZipFile("File is not a zip file")
+    size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]  # noqa: SLF001
+    concat = end[zipfile._ECD_LOCATION] - size - offset  # noqa: SLF001
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # noqa: SLF001
+        concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # noqa: SLF001
+    first = offset + concat
+    if first < 0:
+        raise zipfile.BadZipFile("the central directory starts before the archive")
+    directory = fp.bytes(first, first + size) if size else b""
+    count = pos = 0
+    while pos + 46 <= len(directory) and count < stop:
+        if directory[pos : pos + 4] != b"PK\x01\x02":
+            break  # zipfile says what is wrong with it
+        name, extra, comment = struct.unpack_from("<HHH", directory, pos + 28)
+        pos += 46 + name + extra + comment
+        count += 1
+    return count
+
+
+# --- a zip's members, extracted by slices of the object -----------------------------------------
 @dataclass
 class _Entry:
     info: zipfile.ZipInfo
@@ -463,171 +598,316 @@ def _check_layout(entries: list[_Entry], index_start: int) -> None:
         if entry.info.is_dir():
             dirs.add(entry.path)
         elif entry.path in files:
-            raise CorruptArchive(f"archive member {entry.info.filename!r} appears twice: the archive is corrupt")
+            raise CorruptArchive(f"archive member {_shown(entry.info.filename)} appears twice: the archive is corrupt")
         else:
             files.add(entry.path)
         dirs.update(entry.path.parents)
     clash = files & dirs
     if clash:
-        raise CorruptArchive(f"archive member {sorted(clash)[0]} is both a file and a directory: the archive is corrupt")
+        raise CorruptArchive(f"archive member {sorted(clash)[0]} is both a file and a directory: "
+                             "the archive is corrupt")
 
 
-class ZipStreamExtractor(io.RawIOBase):
-    """A writable sink: the zip's bytes go in, in order; member files come out in `dest`.
+class Aborted(Exception):
+    """Another slice of the same restore failed: this one stops where it is."""
 
-    Everything is checked from the index before a byte is written (names, layout, the declared total
-    against `budget`); each member's local header is parsed as it arrives, its data is inflated at most
-    INFLATE_BLOCK bytes at a time, refused the moment it passes its declared size, and its CRC-32
-    checked against the index.
+
+@dataclass(frozen=True)
+class Slice:
+    """Bytes [start, end) of a zip object, extracted by one worker. `first` is the member it starts
+    with: at (or before) its local header, or, when `inside`, in the middle of its stored data."""
+
+    start: int
+    end: int
+    first: int
+    inside: bool = False
+
+
+class _Member:
+    """One member's state shared by the slices that carry its bytes."""
+
+    __slots__ = ("entry", "ready", "data_start", "pieces")
+
+    def __init__(self, entry: _Entry):
+        self.entry = entry
+        self.ready = threading.Event()  # set once a slice has read its local header
+        self.data_start = 0  # object offset of its first data byte
+        self.pieces: list[tuple[int, int, int]] = []  # (offset in the file, length, CRC-32), any order
+
+
+class ZipPlan:
+    """What a zip restore writes, checked from the index before a byte is written: member names,
+    layout, the member count and the declared total against `budget`. Its `slices` cut the object
+    into byte ranges that workers extract independently (`SliceExtractor`), a stored member larger
+    than a slice across several; `finish` then checks that every member arrived whole, its pieces'
+    CRC-32s combined against the index.
     """
 
-    def __init__(self, index: zipfile.ZipFile, dest: Path, budget: Budget | None = None):
+    def __init__(self, index: zipfile.ZipFile, budget: Budget | None = None):
         infos = sorted(index.infolist(), key=lambda i: i.header_offset)
+        self.budget = budget or Budget()
         for info in infos:
             _check_zip_member(info)
             if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-                raise CorruptArchive(f"archive member {info.filename!r} has two different sizes: the archive is corrupt")
-        self._entries = [_Entry(i, safe_member_path(i.filename)) for i in infos]
-        _check_layout(self._entries, index.start_dir)
-        self._budget = budget or Budget()
-        if not any(not e.info.is_dir() for e in self._entries):
-            raise EmptyArchive(f"{self._budget.source} holds no files: there is nothing to restore")
-        self._budget.check(sum(e.info.file_size for e in self._entries), declared=True)
-        self._dest = dest
-        self._pos = 0  # offset in the archive of the next byte written to us
-        self._i = 0  # index of the entry we are in or waiting for
-        self._header = bytearray()
-        self._remaining = 0  # data bytes of the current entry still to come
-        self._out: BinaryIO | None = None
-        self._crc = 0
-        self._size = 0  # bytes of the current member written so far
-        self._inflater = None
-        self._extracted: set[Path] = set()  # files written, relative to `dest`
+                raise CorruptArchive(f"archive member {_shown(info.filename)} has two different sizes: "
+                                     "the archive is corrupt")
+        entries = [_Entry(i, safe_member_path(i.filename)) for i in infos]
+        _check_layout(entries, index.start_dir)
+        if not any(not e.info.is_dir() for e in entries):
+            raise EmptyArchive(f"{self.budget.source} holds no files: there is nothing to restore")
+        self.budget.declare(len(entries), sum(e.info.file_size for e in entries))
+        self.start_dir = index.start_dir  # where the members end and the index begins
+        self.members = [_Member(e) for e in entries]
 
-    def writable(self) -> bool:
-        return True
+    def bound(self, i: int) -> int:
+        """Where member `i`'s bytes must end: the next member's header, or the index."""
+        return self.members[i + 1].entry.info.header_offset if i + 1 < len(self.members) else self.start_dir
+
+    def slices(self, part: int | None = None) -> list[Slice]:
+        """The object's bytes [0, start_dir) cut in pieces of about `part` bytes (None: one piece).
+
+        Cuts fall on local headers, or inside a stored member's data (never within MAX_LOCAL_HEADER
+        of its header, so the header is whole in the slice before); deflated members are never cut.
+        """
+        if not part:
+            return [Slice(0, self.start_dir, 0)]
+        cuts = [Slice(0, 0, 0)]
+        for i, member in enumerate(self.members):
+            info = member.entry.info
+            head = info.header_offset
+            split = info.compress_type == zipfile.ZIP_STORED and not info.is_dir() and info.compress_size > part
+            if head > cuts[-1].start and (split or head - cuts[-1].start >= part):
+                cuts.append(Slice(head, 0, i))
+            if split:
+                cut, data_end = head + max(part, MAX_LOCAL_HEADER + 1), head + 30 + info.compress_size
+                while cut < data_end - part // 4:  # no sliver of a slice at the end
+                    cuts.append(Slice(cut, 0, i, inside=True))
+                    cut += part
+        ends = [c.start for c in cuts[1:]] + [self.start_dir]
+        return [Slice(c.start, end, c.first, c.inside) for c, end in zip(cuts, ends)]
+
+    def prepare(self, dest: Path) -> None:
+        """Create every directory and (empty) file first, so slices only write into files that exist."""
+        dirs: set[PurePosixPath] = set()
+        for member in self.members:
+            path = member.entry.path
+            dirs.update(p for p in path.parents if p.parts)
+            if member.entry.info.is_dir():
+                dirs.add(path)
+        for path in sorted(dirs, key=lambda p: len(p.parts)):
+            dest.joinpath(*path.parts).mkdir(exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        for member in self.members:
+            if not member.entry.info.is_dir():
+                os.close(os.open(dest.joinpath(*member.entry.path.parts), flags, 0o666))
+
+    def finish(self, dest: Path) -> tuple[Path, ...]:
+        """Check every file arrived whole and passes its CRC-32; set mtimes; return the files, relative."""
+        files = []
+        for member in self.members:
+            info = member.entry.info
+            if info.is_dir():
+                continue
+            crc = size = 0
+            for offset, length, piece_crc in sorted(member.pieces):
+                if offset != size:
+                    raise CorruptArchive(f"member {_shown(info.filename)} arrived incomplete: the archive is corrupt")
+                crc, size = crc_combine(crc, piece_crc, length), size + length
+            if size != info.file_size or crc != info.CRC:
+                raise CorruptArchive(f"member {_shown(info.filename)} fails its CRC check: the archive is corrupt")
+            target = dest.joinpath(*member.entry.path.parts)
+            try:
+                mtime = time.mktime(info.date_time + (0, 0, -1))
+                os.utime(target, (mtime, mtime))
+            except (OverflowError, ValueError, OSError):
+                pass
+            files.append(Path(*member.entry.path.parts))
+        return tuple(sorted(files))
+
+
+_GAP, _HEADER, _DATA = range(3)
+
+
+class SliceExtractor:
+    """A writable sink for one slice of a zip object: its bytes go in, in order, from `piece.start`;
+    the members (or parts of members) they carry are written into the files `ZipPlan.prepare` made.
+
+    Each member's local header is parsed as it arrives and checked against the index; deflated
+    data is inflated at most INFLATE_BLOCK bytes at a time and refused the moment it passes its
+    declared size; each piece's CRC-32 is recorded for `ZipPlan.finish`. A slice starting inside a
+    member waits (up to `wait` seconds, or until `abort` is set) for the slice holding its header.
+    """
+
+    def __init__(self, plan: ZipPlan, piece: Slice, dest: Path, abort: threading.Event | None = None,
+                 wait: float = 120.0):
+        self._plan, self._dest, self._wait = plan, dest, wait
+        self._abort = abort or threading.Event()
+        self._pos, self._end = piece.start, piece.end
+        self._i = piece.first
+        self._state = _DATA if piece.inside else _GAP
+        self._header = bytearray()
+        self._entered = False  # this slice has started on the current member's data
+        self._fd: int | None = None
+        self._inflater = None
+        self._offset = 0  # file offset where this slice's part of the current member begins
+        self._size = 0  # bytes of the current member written by this slice
+        self._crc = 0
 
     def write(self, data) -> int:
+        if self._abort.is_set():
+            raise Aborted()
         view = memoryview(data)
         while view:
-            view = self._feed(view)
+            if self._state == _GAP:
+                view = self._skip(view)
+            elif self._state == _HEADER:
+                view = self._read_header(view)
+            else:
+                view = self._read_data(view)
         return len(data)
 
-    def _feed(self, view: memoryview) -> memoryview:
-        if self._i >= len(self._entries):  # central directory and trailer: already parsed
-            self._pos += len(view)
-            return view[len(view):]
-        entry = self._entries[self._i]
-        if self._out is None and self._remaining == 0:
-            skip = entry.info.header_offset - self._pos - len(self._header)
-            if skip > 0:  # a data descriptor or padding between members
-                take = min(skip, len(view))
-                self._pos += take
-                return view[take:]
-            return self._read_header(entry, view)
-        take = min(self._remaining, len(view))
-        self._write_data(entry, view[:take])
-        self._remaining -= take
+    def _skip(self, view: memoryview) -> memoryview:
+        members = self._plan.members
+        if self._i >= len(members) or members[self._i].entry.info.header_offset >= self._end:
+            take = len(view)  # a data descriptor (or padding) before the next slice
+        else:
+            take = min(members[self._i].entry.info.header_offset - self._pos, len(view))
+            if take == 0:
+                self._state = _HEADER
+                return view
         self._pos += take
-        if self._remaining == 0:
-            self._finish_member(entry)
         return view[take:]
 
-    def _read_header(self, entry: _Entry, view: memoryview) -> memoryview:
+    def _read_header(self, view: memoryview) -> memoryview:
+        member = self._plan.members[self._i]
+        info = member.entry.info
         need = 30 if len(self._header) < 30 else 30 + _name_extra_len(self._header)
         take = min(need - len(self._header), len(view))
         self._header += view[:take]
+        self._pos += take
         if len(self._header) == 30 and self._header[:4] != b"PK\x03\x04":
-            raise CorruptArchive(f"member {entry.info.filename!r} has no local header: archive is corrupt")
+            raise CorruptArchive(f"member {_shown(info.filename)} has no local header: archive is corrupt")
         if len(self._header) >= 30 and len(self._header) == 30 + _name_extra_len(self._header):
             name = bytes(self._header[30 : 30 + struct.unpack("<H", self._header[26:28])[0]])
-            if name.decode("utf-8", "replace") != entry.info.filename and name.decode("cp437") != entry.info.filename:
-                raise CorruptArchive(f"member {entry.info.filename!r} does not match its local header")
-            self._pos += len(self._header)
+            if name.decode("utf-8", "replace") != info.filename and name.decode("cp437") != info.filename:
+                raise CorruptArchive(f"member {_shown(info.filename)} does not match its local header")
+            if self._pos + info.compress_size > self._plan.bound(self._i):
+                raise CorruptArchive("archive members overlap: refusing to extract")
             self._header = bytearray()
-            self._start_member(entry)
-            return view[take:]
+            member.data_start = self._pos
+            member.ready.set()
+            self._state = _DATA
+            if info.compress_size == 0:
+                self._enter(member)
+                self._finish_member(member)
         return view[take:]
 
-    def _start_member(self, entry: _Entry) -> None:
-        target = self._dest.joinpath(*entry.path.parts)
-        self._remaining = entry.info.compress_size
-        self._crc = self._size = 0
-        if entry.info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            self._out = None
-            if self._remaining == 0:
-                self._finish_member(entry)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._out = open(target, "xb")
-        self._inflater = zlib.decompressobj(-15) if entry.info.compress_type == zipfile.ZIP_DEFLATED else None
-        if self._remaining == 0:
-            self._finish_member(entry)
+    def _enter(self, member: _Member) -> None:
+        """Start on the member's data (opening its file) at the first data byte this slice has of it."""
+        deadline = time.monotonic() + self._wait
+        while not member.ready.wait(0.05):  # a slice that starts inside a member: its header is elsewhere
+            if self._abort.is_set():
+                raise Aborted()
+            if time.monotonic() > deadline:
+                raise CorruptArchive(f"the local header of member {_shown(member.entry.info.filename)} did not "
+                                     f"arrive within {self._wait:g} s: the download stalled")
+        info = member.entry.info
+        if not member.data_start <= self._pos <= self._data_end(member):
+            raise CorruptArchive(f"member {_shown(info.filename)} has a local header longer than any: "
+                                 "the archive is corrupt")
+        self._entered = True
+        self._offset, self._size, self._crc = self._pos - member.data_start, 0, 0
+        if not info.is_dir():
+            self._fd = os.open(self._dest.joinpath(*member.entry.path.parts),
+                               os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+            self._inflater = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
 
-    def _write_data(self, entry: _Entry, data: memoryview) -> None:
-        if self._out is None:
-            return
+    def _read_data(self, view: memoryview) -> memoryview:
+        member = self._plan.members[self._i]
+        if not self._entered:
+            self._enter(member)
+        take = min(self._data_end(member) - self._pos, len(view))
+        if self._fd is not None:
+            self._write(member, view[:take])
+        self._pos += take
+        if self._pos == self._data_end(member):
+            self._finish_member(member)
+        return view[take:]
+
+    @staticmethod
+    def _data_end(member: _Member) -> int:
+        return member.data_start + member.entry.info.compress_size
+
+    def _write(self, member: _Member, data: memoryview) -> None:
         if self._inflater is None:
-            self._emit(entry, data)
+            self._emit(member, data)
             return
-        while data and not self._inflater.eof:  # bounded output per call: a bomb never sits in memory
-            out = self._inflater.decompress(data, INFLATE_BLOCK)
-            self._emit(entry, out)
-            data = self._inflater.unconsumed_tail
-            while len(out) == INFLATE_BLOCK and not data and not self._inflater.eof:
-                out = self._inflater.decompress(b"", INFLATE_BLOCK)  # output zlib still holds
-                self._emit(entry, out)
-
-    def _emit(self, entry: _Entry, data) -> None:
-        self._size += len(data)
-        if self._size > entry.info.file_size:
-            raise ArchiveTooLarge(
-                f"archive member {entry.info.filename!r} inflates beyond its declared size of "
-                f"{entry.info.file_size} bytes: refusing a corrupt or hostile archive"
-            )
-        self._budget.add(len(data))
-        self._crc = zlib.crc32(data, self._crc)
-        self._out.write(data)
-
-    def _finish_member(self, entry: _Entry) -> None:
-        if self._out is not None:
-            if self._inflater is not None:
-                self._emit(entry, self._inflater.flush())
-                if not self._inflater.eof:
-                    raise CorruptArchive(f"member {entry.info.filename!r} is truncated: archive is corrupt")
-            self._out.close()
-            self._out = None
-            if self._crc != entry.info.CRC or self._size != entry.info.file_size:
-                raise CorruptArchive(
-                    f"member {entry.info.filename!r} fails its CRC check: the archive is corrupt"
-                )
-            self._set_mtime(entry)
-            self._extracted.add(Path(*entry.path.parts))
-        self._i += 1
-
-    def _set_mtime(self, entry: _Entry) -> None:
         try:
-            mtime = time.mktime(entry.info.date_time + (0, 0, -1))
-            os.utime(self._dest.joinpath(*entry.path.parts), (mtime, mtime))
-        except (OverflowError, ValueError, OSError):
-            pass
+            while data and not self._inflater.eof:  # bounded output per call: a bomb never sits in memory
+                out = self._inflater.decompress(data, INFLATE_BLOCK)
+                self._emit(member, out)
+                data = self._inflater.unconsumed_tail
+                while len(out) == INFLATE_BLOCK and not data and not self._inflater.eof:
+                    out = self._inflater.decompress(b"", INFLATE_BLOCK)  # output zlib still holds
+                    self._emit(member, out)
+        except zlib.error as exc:
+            raise CorruptArchive(f"member {_shown(member.entry.info.filename)} is not valid deflate data "
+                                 f"({exc}): the archive is corrupt") from None
 
-    def finish(self) -> tuple[Path, ...]:
-        """Check that every member arrived whole; return the files extracted, relative to `dest`."""
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-        if self._i < len(self._entries):
-            raise CorruptArchive(
-                f"archive ended inside member {self._entries[self._i].info.filename!r}: it is truncated"
+    def _emit(self, member: _Member, data) -> None:
+        info = member.entry.info
+        if self._offset + self._size + len(data) > info.file_size:
+            raise ArchiveTooLarge(
+                f"archive member {_shown(info.filename)} inflates beyond its declared size of "
+                f"{info.file_size} bytes: refusing a corrupt or hostile archive"
             )
-        return tuple(sorted(self._extracted))
+        self._plan.budget.add(len(data))
+        self._crc = zlib.crc32(data, self._crc)
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, data[done:], self._offset + self._size + done)
+        self._size += len(data)
+
+    def _finish_member(self, member: _Member) -> None:
+        """This slice reached the end of the member's data: record its piece, go on to the next."""
+        if self._inflater is not None:
+            try:
+                self._emit(member, self._inflater.flush())
+            except zlib.error as exc:
+                raise CorruptArchive(f"member {_shown(member.entry.info.filename)} is not valid deflate data "
+                                     f"({exc}): the archive is corrupt") from None
+            if not self._inflater.eof and member.entry.info.compress_size:  # no bytes at all: an empty file
+                raise CorruptArchive(f"member {_shown(member.entry.info.filename)} is truncated: "
+                                     "the archive is corrupt")
+            self._inflater = None
+        self._close_piece(member)
+        self._entered = False
+        self._i += 1
+        self._state = _GAP
+
+    def _close_piece(self, member: _Member) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            member.pieces.append((self._offset, self._size, self._crc))
+
+    def close(self) -> None:
+        """The slice's last byte arrived: record the piece of a member it ends inside of."""
+        if self._pos != self._end:
+            raise CorruptArchive(f"a slice of {self._plan.budget.source} ended at byte {self._pos}, not {self._end}")
+        if self._state == _HEADER:
+            raise CorruptArchive("a local header reaches past its slice: the archive is corrupt")
+        if self._state == _DATA and self._entered:
+            if self._inflater is not None:
+                raise CorruptArchive(f"member {_shown(self._plan.members[self._i].entry.info.filename)} is "
+                                     "truncated: the archive is corrupt")
+            self._close_piece(self._plan.members[self._i])
 
     def abort(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        """Close what this slice holds open (after a failure)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _name_extra_len(header: bytearray) -> int:
@@ -658,57 +938,103 @@ def extract_tar_stream(stream: BinaryIO, dest: Path, budget: Budget | None = Non
     the files extracted, relative to `dest`.
 
     Members are written here block by block (not by tarfile.extract), so `budget` is enforced while
-    writing: each member's declared size before it starts, the bytes themselves as they come.
+    writing: the member count and each member's declared size before it starts, the bytes themselves
+    as they come. A file named twice is refused, never silently overwritten. Empty files are made
+    once the stream has ended, so a small archive of a million of them is refused at the member cap
+    having read headers only, not having made (and removed) the first hundred thousand.
     """
-    budget = budget or Budget()
-    extracted: set[Path] = set()
-    buffer = bytearray(COPY_BLOCK)
+    job = _TarExtraction(dest, budget or Budget())
     try:
         with tarfile.open(fileobj=stream, mode="r|gz", tarinfo=_BoundedTarInfo) as tar:
             while (member := tar.next()) is not None:
                 tar.members.clear()  # stream mode would keep every header: memory would grow with the count
-                written = _extract_tar_member(tar, member, dest, budget, buffer)
-                if written is not None:
-                    extracted.add(written)
+                job.extract(tar, member)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise UnsafeArchive(f"{exc}: refusing to extract") from None
         raise CorruptArchive(f"not a valid tar.gz archive ({exc}): it may be truncated") from None
-    if not extracted:
-        raise EmptyArchive(f"{budget.source} holds no files: there is nothing to restore")
-    return tuple(sorted(extracted))
+    if not job.files:
+        raise EmptyArchive(f"{job.budget.source} holds no files: there is nothing to restore")
+    job.make_empty_files()
+    return tuple(sorted(Path(name) for name in job.files))
 
 
-def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, budget: Budget,
-                        buffer: bytearray) -> Path | None:
-    """Write one member below `dest`; return the file's path relative to `dest` (None: a directory)."""
-    path = safe_member_path(member.name)
-    if member.issym() or member.islnk():
-        raise UnsafeArchive(f"archive member {member.name!r} is a link: refusing to extract")
-    if member.issparse() or not (member.isfile() or member.isdir()):
-        raise UnsafeArchive(f"archive member {member.name!r} is a device or special file: refusing to extract")
-    target = dest.joinpath(*path.parts)
-    if member.isdir():
-        if target.exists() and not target.is_dir():
-            raise CorruptArchive(f"archive member {member.name!r} is both a file and a directory: the archive is corrupt")
-        target.mkdir(parents=True, exist_ok=True)
-        return None
-    budget.check(budget.written + member.size)  # its declared size, before any of it is written
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_dir():
-        raise CorruptArchive(f"archive member {member.name!r} is both a file and a directory: the archive is corrupt")
-    source = tar.extractfile(member)
-    view = memoryview(buffer)
-    with open(target, "wb") as out:
-        while True:
-            n = source.readinto(buffer)
-            if not n:
-                break
-            budget.add(n)
-            out.write(view[:n])
-    os.chmod(target, (member.mode & 0o755) | 0o600)  # tarfile's "data" filter: no setuid, no group/other write
+class _TarExtraction:
+    """The members of one tar stream written so far, by relative POSIX path (plain strings: a hundred
+    thousand of them stay small), so a file named twice, or both a file and a directory, is caught."""
+
+    def __init__(self, dest: Path, budget: Budget):
+        self.dest, self.budget = dest, budget
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
+        self.empty: list[tuple[str, int, float]] = []  # (path, mode, mtime) made at the end
+        self._buffer = bytearray(COPY_BLOCK)
+
+    def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        path = "/".join(safe_member_path(member.name).parts)
+        if member.issym() or member.islnk():
+            raise UnsafeArchive(f"archive member {_shown(member.name)} is a link: refusing to extract")
+        if member.issparse() or not (member.isfile() or member.isdir()):
+            raise UnsafeArchive(f"archive member {_shown(member.name)} is a device or special file: "
+                                "refusing to extract")
+        self.budget.add_member()
+        if path in self.files and member.isfile():
+            raise CorruptArchive(f"archive member {_shown(member.name)} appears twice: the archive is corrupt "
+                                 "(refusing to let the second copy overwrite the first)")
+        if path in self.files or (member.isfile() and path in self.dirs) or self._under_a_file(path):
+            raise CorruptArchive(f"archive member {_shown(member.name)} is both a file and a directory: "
+                                 "the archive is corrupt")
+        if member.isdir():
+            self._make_dirs(path)
+            return
+        self.budget.check(self.budget.written + member.size)  # its declared size, before any of it is written
+        self._make_dirs(path.rpartition("/")[0])
+        self.files.add(path)
+        if member.size == 0:
+            self.empty.append((path, member.mode, member.mtime))
+            return
+        target = os.path.join(self.dest, path)
+        source = tar.extractfile(member)
+        view = memoryview(self._buffer)
+        with open(target, "xb") as out:
+            while n := source.readinto(self._buffer):
+                self.budget.add(n)
+                out.write(view[:n])
+        _set_mode_and_time(target, member.mode, member.mtime)
+
+    def _under_a_file(self, path: str) -> bool:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in self.dirs:
+            if parent in self.files:
+                return True
+            parent = parent.rpartition("/")[0]
+        return False
+
+    def _make_dirs(self, path: str) -> None:
+        """Make `path` and its missing parents below `dest` (each made once)."""
+        missing = []
+        while path and path not in self.dirs:
+            missing.append(path)
+            path = path.rpartition("/")[0]
+        for name in reversed(missing):
+            try:
+                os.mkdir(os.path.join(self.dest, name))
+            except FileExistsError:
+                if not os.path.isdir(os.path.join(self.dest, name)):
+                    raise
+            self.dirs.add(name)
+
+    def make_empty_files(self) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        for path, mode, mtime in self.empty:
+            target = os.path.join(self.dest, path)
+            os.close(os.open(target, flags, 0o600))
+            _set_mode_and_time(target, mode, mtime)
+
+
+def _set_mode_and_time(target: str, mode: int, mtime: float) -> None:
+    os.chmod(target, (mode & 0o755) | 0o600)  # tarfile's "data" filter: no setuid, no group/other write
     try:
-        os.utime(target, (member.mtime, member.mtime))
+        os.utime(target, (mtime, mtime))
     except (OverflowError, ValueError, OSError):
         pass
-    return Path(*path.parts)

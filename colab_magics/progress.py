@@ -17,9 +17,12 @@ Nothing is guessed: a number without a key (`ckpt-3`) is not called an epoch.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from colab_magics.torchfile import MAX_STEP, recorded_progress, sane_step
 
 _EPOCH = re.compile(r"(?:^|[^a-z])epoch[=_-]?(\d+)", re.I)
 _STEP = re.compile(r"(?:^|[^a-z])(?:global_?)?step[=_-]?(\d+)", re.I)
@@ -48,10 +51,15 @@ def _home(checkpoint: Path) -> Path:
     return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
 
+_MAX_READ = 32 * 1024 * 1024  # a record larger than this is no record
+
+
 def _read(path: Path) -> str | None:
     """A small text file's content, or None; only regular files are opened (a FIFO would block)."""
     try:
-        return path.read_text(errors="replace") if path.is_file() else None
+        if not path.is_file() or path.stat().st_size > _MAX_READ:
+            return None
+        return path.read_text(errors="replace")
     except OSError:
         return None
 
@@ -59,15 +67,19 @@ def _read(path: Path) -> str | None:
 def _json(path: Path) -> dict:
     try:
         data = json.loads(_read(path) or "null")
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _number(value) -> int | float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A step or epoch as a record holds it: a non-negative int or finite float of sane size, else None
+    (a record may come from a bucket: `true`, -5, NaN or a 4 000-digit number is no epoch)."""
+    if type(value) is int:
+        return sane_step(value)
+    if type(value) is not float or not math.isfinite(value) or not 0 <= value <= MAX_STEP:
         return None
-    return int(value) if float(value).is_integer() else value
+    return int(value) if value.is_integer() else value
 
 
 def _trainer_state(checkpoint: Path) -> Progress:
@@ -88,9 +100,9 @@ def _from_names(checkpoint: Path, target: Path) -> Progress:
     step = epoch = None
     for part in reversed(parts):  # the innermost name wins
         if epoch is None and (match := _EPOCH.search(part)):
-            epoch = int(match.group(1))
+            epoch = _digits(match.group(1))
         if step is None and (match := _STEP.search(part)):
-            step = int(match.group(1))
+            step = _digits(match.group(1))
     return Progress(step, epoch)
 
 
@@ -98,8 +110,6 @@ def _lightning_record(checkpoint: Path) -> Progress:
     """What a Lightning `.ckpt` records inside (`last.ckpt` has no step in its name)."""
     if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
         return Progress()
-    from colab_magics.torchfile import recorded_progress
-
     return Progress(*recorded_progress(checkpoint))
 
 
@@ -107,4 +117,8 @@ def _tf_state(checkpoint: Path) -> Progress:
     text = _read(_home(checkpoint) / "checkpoint")
     named = _STATE_PATH.search(text) if text else None
     match = _TF_STEP.search(Path(named.group("path")).name) if named else None
-    return Progress(step=int(match.group(1)) if match else None)
+    return Progress(step=_digits(match.group(1)) if match else None)
+
+
+def _digits(text: str) -> int | None:
+    return sane_step(int(text)) if len(text) <= len(str(MAX_STEP)) else None

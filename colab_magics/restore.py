@@ -60,7 +60,8 @@ class Restore:
 
     def budget(self, archive_size: int, settings) -> packing.Budget:
         """The caps of this restore: `settings.restore_max_ratio` × the archive (at least RATIO_FLOOR),
-        and the free disk less `settings.restore_free_margin` (at most 5 % of the disk)."""
+        the free disk less `settings.restore_free_margin` (at most 5 % of the disk), and
+        `settings.restore_max_files` members (0: no cap)."""
         ratio = settings.restore_max_ratio
         disk = shutil.disk_usage(self.staging)
         free = disk.free
@@ -72,6 +73,7 @@ class Restore:
             disk_limit=max(free - margin, 0),
             free=free,
             margin=margin,
+            max_files=settings.restore_max_files if settings.restore_max_files > 0 else None,
         )
 
     def commit(self) -> None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from colab_magics import (auth, checkpoints, composite, packing, progress, restore, snapshot, storage, transfer,
-                          ziplayout)
+from colab_magics import (auth, checkpoints, composite, packing, progress, restore, sliced, snapshot, storage,
+                          transfer, ziplayout)
 from colab_magics.settings import Settings, check_streams, effective
 from colab_magics.errors import (
     ArchiveConflict,
@@ -56,6 +56,7 @@ class Saved:
     step_from: str = "name"  # "mtime": `step` is the checkpoint's mtime (no step in its name)
     reread: tuple[str, ...] = ()  # files that changed while read, so the step was read again
     left_out_older: int = 0  # files of older steps not archived
+    kept: tuple[str, ...] = ()  # checkpoints archived beside the newest as the library keeps them (its best)
     parts: int = 0  # objects composed into the archive (0: it went as one stream)
 
 
@@ -72,6 +73,7 @@ class Planned:
     files: tuple[tuple[Path, int], ...]  # (path relative to RUN_DIR, size in bytes), sorted
     left_out: tuple[checkpoints.LeftOut, ...]
     root: Path  # RUN_DIR, absolute
+    kept: tuple[checkpoints.Kept, ...] = ()  # checkpoints beside the newest that the library keeps (its best)
 
     @property
     def size(self) -> int:
@@ -173,27 +175,29 @@ def save_run(
     exclude: tuple[str, ...] = (),
     include: tuple[str, ...] = (),
     dry_run: bool = False,
+    pinned: tuple[str, ...] = (),
 ) -> Saved | Skipped | Planned:
     """Archive `run_dir` into `destination` as RUN.STEP.zip (or RUN.STEP.tar.gz with `fmt="tar.gz"`,
     the format of colab_utils' GcsArchiveHook): every file but the other steps of each checkpoint
     series, event files (unless `events`) and what `exclude` globs name (see `checkpoints.plan`).
     With `dry_run`, return what would be archived and upload nothing. RUN is `run_name` if given
-    (colab_utils' `basename`), else the run directory's name. A zip of PARALLEL_MIN bytes or more
-    travels as `settings.streams` parallel parts composed into the one object (`composite`)."""
+    (colab_utils' `basename`), else `checkpoints.run_name` of the directory. `pinned`: checkpoints the
+    training library keeps (its callback's best ones), archived whatever their step. A zip of
+    PARALLEL_MIN bytes or more travels as `settings.streams` parallel parts composed into the one
+    object (`composite`)."""
     settings = effective(settings)
     check_streams(settings.streams)
     if fmt not in FORMATS:
         raise InvalidValue(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}", param="fmt")
     check_keep(keep)
-    plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include)
+    plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include, pinned=pinned)
     ckpt, root, files = plan.checkpoint, plan.root, list(plan.files)
     location = storage.parse_url(destination)
     if run_name is not None and (not run_name.strip() or "/" in run_name):
         raise InvalidValue(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'",
                            param="run_name")
-    run = run_name or root.resolve().name
+    run = run_name or checkpoints.run_name(root)
     target = location.child(archive_name(run, ckpt.step, fmt, step_from=ckpt.step_from))
-    storage.check_object_name(target)
     if dry_run:
         return _planned(plan, target.url, run)
     client = client or auth.storage_client()
@@ -224,7 +228,8 @@ def save_run(
     deleted = prune(location, run, keep, client=client, protect=target.url, spare_unless=known,
                     deadline=settings.retry_deadline) if keep else ()
     return Saved(target.url, run, ckpt.step, size, len(files), ckpt.path, time.monotonic() - started,
-                 deleted, ckpt.step_from, reread, plan.left_out_count("older"), parts)
+                 deleted, ckpt.step_from, reread, plan.left_out_count("older"),
+                 tuple(k.path.relative_to(root).as_posix() for k in plan.kept), parts=parts)
 
 
 def remove_debris(location: str, *, settings: Settings | None = None, client=None) -> "composite.Cleaned":
@@ -258,7 +263,7 @@ def _planned(plan: checkpoints.Plan, url: str, run: str) -> Planned:
             size = 0  # removed since the walk (a saver pruning old steps)
         files.append((path.relative_to(plan.root), size))
     return Planned(url, run, plan.step, plan.step_from, plan.path, plan.layout, tuple(files), plan.left_out,
-                   plan.root)
+                   plan.root, plan.kept)
 
 
 class _PreconditionFailed(Exception):
@@ -497,8 +502,10 @@ def resolve_archive(source: str, *, step: int | None = None, client=None,
 def load_run(source: str, target_dir, *, step: int | None = None, settings: Settings | None = None,
              client=None) -> Restored:
     """Restore an archive (or a run's latest, or its `step`) into `target_dir`; a bad archive leaves
-    it untouched. Returns a Restored record whose str() is the checkpoint path."""
+    it untouched. Returns a Restored record whose str() is the checkpoint path. A zip is fetched by
+    `settings.streams` parallel ranged reads (`Settings(streams=1)`: one stream)."""
     settings = effective(settings)
+    check_streams(settings.streams)
     client = client or auth.storage_client()
     info = resolve_archive(source, step=step, client=client, deadline=settings.retry_deadline)
     return _restore(info, Path(target_dir).expanduser(), settings, client)
@@ -509,9 +516,6 @@ def _restore(info: ArchiveInfo, target: Path, settings: Settings, client) -> Res
     loc = storage.parse_url(info.url)
     bucket = client.bucket(loc.bucket)
     with storage.translated_errors(loc, "read"):
-        # No chunk_size on the blob: download_to_file then streams one GET straight into the
-        # extractor (resumed by range on retry) instead of assembling each 100 MiB chunk in memory
-        # (b"".join: 2 chunks), which made a load peak at 6x the RSS of a raw download.
         blob = bucket.get_blob(info.name, **storage.request_options(settings.retry_deadline))
     if blob is None:
         raise ArchiveNotFound(f"{info.url} does not exist: ", do("list", loc.parent.url), " shows what is there")
@@ -562,9 +566,10 @@ def resume(run_dir, destination: str, *, settings: Settings | None = None, clien
     reset. A missing bucket is still an error: only "no archives yet" is a fresh start.
     """
     settings = effective(settings)
+    check_streams(settings.streams)
     target = Path(run_dir).expanduser()
     location = storage.parse_url(destination)
-    run = target.resolve().name
+    run = checkpoints.run_name(target)
     client = client or auth.storage_client()
     storage.require_bucket(client, location, settings.retry_deadline)
     archives = list_archives(location, run, client=client, deadline=settings.retry_deadline)
@@ -574,31 +579,23 @@ def resume(run_dir, destination: str, *, settings: Settings | None = None, clien
 
 
 def _extract(blob, staging: Path, settings: Settings, budget: packing.Budget) -> tuple[Path, ...]:
-    """Stream `blob` into `staging`, checked (member CRCs, the object's crc32c); return its files, relative."""
-    options = storage.request_options(settings.retry_deadline)
+    """Download `blob` into `staging`, checked (member CRCs, the object's crc32c); return its files,
+    relative. A zip by `settings.streams` parallel ranged reads (`sliced`), a tar.gz as one stream."""
     bar = transfer.progress_bar(blob.size or 0, f"download {blob.name}", settings)
     try:
         if blob.name.endswith(".zip"):
-            index = packing.read_zip_index(
-                blob.size, lambda a, b: blob.download_as_bytes(start=a, end=b, checksum=None, **options))
-            sink = packing.ZipStreamExtractor(index, staging, budget)
-            tee = transfer.Crc32cTee(sink, bar)
-            try:
-                blob.download_to_file(tee, checksum=None, **options)
-                tee.flush()
-            finally:
-                sink.abort()
-            files = sink.finish()
-        else:
-            with blob.open("rb", chunk_size=settings.chunk_size, **options) as reader:
-                tee = transfer.Crc32cTee(reader, bar)
-                files = packing.extract_tar_stream(tee, staging, budget)
-                tee.drain()
+            return sliced.restore_zip(blob, staging, budget, settings, on_bytes=bar.update if bar else None)
+        options = storage.request_options(settings.retry_deadline)
+        with blob.open("rb", chunk_size=settings.chunk_size, **options) as reader:
+            tee = transfer.Crc32cTee(reader, bar)
+            files = packing.extract_tar_stream(tee, staging, budget)
+            tee.drain()
     finally:
         if bar is not None:
             bar.close()
     if blob.crc32c and tee.crc32c() != blob.crc32c:
-        raise DownloadFailed(f"gs://{blob.bucket.name}/{blob.name} failed its crc32c check while downloading: try again")
+        raise DownloadFailed(f"gs://{blob.bucket.name}/{blob.name} failed its crc32c check while downloading: "
+                             "try again")
     return files
 
 

@@ -17,7 +17,7 @@ from colab_magics.errors import InvalidSetting, InvalidValue, Param
 
 MiB = 1024 * 1024
 ENV_PREFIX = "COLAB_MAGICS_"
-MAX_STREAMS = 256  # parallel connections of one save (each holds an upload buffer: see composite)
+MAX_STREAMS = 64  # parallel connections of one transfer: more only queue behind each other
 
 
 def _setting(default, help: str):  # noqa: A002  (traitlets' word)
@@ -41,7 +41,8 @@ class Settings:
     streams: int = _setting(16, "Parallel connections of one save or restore (parts composed into one object, "
                                 "ranged reads); 1: a single stream.")
     restore_max_files: int = _setting(100_000, "%gcs_load refuses an archive of more members than this "
-                                               "(each file costs an inode and a write, whatever its size).")
+                                               "(each file costs an inode and a write, whatever its size); "
+                                               "0: no cap.")
     tunnel_provider: str = _setting("", "Default provider of %tensorboard_tunnel (ngrok, cloudflared, ssh, colab, "
                                         "local); empty: colab inside Colab, ngrok when NGROK_AUTHTOKEN is set, "
                                         "else local.")
@@ -116,14 +117,14 @@ def parse_value(name: str, raw: str, kind: type):
     raise InvalidSetting(f"{env_name(name)}={raw!r} is not {what}: fix or unset it", name=name)
 
 
-def check_streams(streams) -> int:
-    """A stream count a save can use: a whole number from 1 to MAX_STREAMS, else one line naming `streams`."""
-    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= MAX_STREAMS:
-        raise InvalidValue(Param("streams"), f" must be a whole number from 1 to {MAX_STREAMS}, not {streams!r}: "
-                           "it counts the parallel connections of one save (1: a single stream)", param="streams")
-    return streams
-
-
 def effective(settings: Settings | None) -> Settings:
     """What a service function uses when its caller passed `settings=None`: the environment's."""
     return settings if settings is not None else from_env()
+
+
+def check_streams(streams) -> int:
+    """`streams` as given (1 to MAX_STREAMS), else one line naming the parameter."""
+    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= MAX_STREAMS:
+        raise InvalidValue(Param("streams"), f" must be a whole number from 1 to {MAX_STREAMS}, not {streams!r}: "
+                           "it counts the parallel connections of one save or restore", param="streams")
+    return streams

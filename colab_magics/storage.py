@@ -25,8 +25,11 @@ from colab_magics.settings import DEFAULTS
 RETRY_DEADLINE = DEFAULTS.retry_deadline  # seconds a request keeps retrying (`settings.retry_deadline`)
 MAX_REQUEST_TIMEOUT = 60.0  # the library's own per-request default, kept as an upper bound
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_IP_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+# Cloud Storage's naming rules (cloud.google.com/storage/docs/buckets#naming, .../objects#naming),
+# always applied with re.fullmatch: `$` would also match before a trailing newline.
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_IP_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+MAX_OBJECT_NAME = 1024  # bytes of UTF-8
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,12 @@ class GcsPath:
 
     bucket: str
     path: str = ""
+
+    def __post_init__(self):
+        # every name we build (a parsed URL, a child such as PREFIX/RUN.STEP.zip) is checked here
+        check_bucket_name(self.bucket)
+        if self.path:
+            check_object_name(self.path)
 
     @property
     def url(self) -> str:
@@ -53,35 +62,20 @@ class GcsPath:
 
 
 def parse_url(url: str) -> GcsPath:
-    """`gs://bucket/prefix`, `bucket/prefix` or a bare bucket name → GcsPath (names checked)."""
-    text = str(url).strip()
+    """`gs://bucket/prefix`, `bucket/prefix` or a bare bucket name → GcsPath (names checked as Cloud
+    Storage checks them: nothing is trimmed, so a stray newline is an error, not a different name)."""
+    text = str(url)
     if text.startswith("gs://"):
         text = text[5:]
     elif "://" in text:
-        raise InvalidBucketURL(f"{url!r} is not a gs:// URL: write gs://BUCKET or gs://BUCKET/PREFIX")
+        raise InvalidBucketURL(f"{_shown(str(url))} is not a gs:// URL: write gs://BUCKET or gs://BUCKET/PREFIX")
     bucket, _, path = text.partition("/")
     check_bucket_name(bucket)
     path = path.strip("/")
     if path and any(segment in ("", ".", "..") for segment in path.split("/")):
-        raise InvalidBucketURL(f"{url!r} has an empty, '.' or '..' segment in its object path: "
+        raise InvalidBucketURL(f"{_shown(str(url))} has an empty, '.' or '..' segment in its object path: "
                                "write gs://BUCKET/PREFIX with plain names between the slashes")
     return GcsPath(bucket, path)
-
-
-MAX_OBJECT_NAME = 1024  # bytes of UTF-8
-
-
-def check_object_name(target: GcsPath) -> GcsPath:
-    """Raise InvalidBucketURL unless Cloud Storage takes `target.path` as an object name (checked before
-    any request: the emulator takes names that Cloud Storage refuses)."""
-    size = len(target.path.encode("utf-8", "surrogatepass"))
-    if not target.path or size > MAX_OBJECT_NAME:
-        raise InvalidBucketURL(f"gs://{target.bucket}/{target.path[:60]}... is {size} bytes long: Cloud Storage object "
-                               f"names are 1 to {MAX_OBJECT_NAME} bytes; use a shorter prefix or run name")
-    if any(c in target.path for c in "\r\n") or any(0xD800 <= ord(c) <= 0xDFFF for c in target.path):
-        raise InvalidBucketURL(f"{target.url!r} is not a valid object name: Cloud Storage refuses line breaks "
-                               "and undecodable characters in names; rename the run directory")
-    return target
 
 
 def check_bucket_name(name: str) -> str:
@@ -92,13 +86,40 @@ def check_bucket_name(name: str) -> str:
     too_long = len(name) > 222 or any(len(part) > 63 for part in name.split(".")) or (
         "." not in name and len(name) > 63
     )
-    if not _BUCKET_RE.match(name) or too_long or ".." in name:
-        raise InvalidBucketURL(f"bucket {name!r} is not a valid name: {rule}")
-    if _IP_RE.match(name) or name.startswith("goog") or "google" in name:
+    if not _BUCKET_RE.fullmatch(name) or too_long or ".." in name:
+        raise InvalidBucketURL(f"bucket {_shown(name)} is not a valid name: {rule}")
+    if _IP_RE.fullmatch(name) or name.startswith("goog") or "google" in name:
         raise InvalidBucketURL(
-            f"bucket {name!r} is not a valid name: no IP addresses, no 'goog' prefix, no 'google'"
+            f"bucket {_shown(name)} is not a valid name: no IP addresses, no 'goog' prefix, no 'google'"
         )
     return name
+
+
+def check_object_name(name: str) -> str:
+    """Raise InvalidBucketURL unless Cloud Storage accepts `name` as an object name (or prefix):
+    valid UTF-8 of at most 1 024 bytes, no carriage return, line feed or NUL, not '.' or '..'."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a command line's undecodable bytes arrive as lone surrogates
+        raise InvalidBucketURL(f"object name {_shown(name)} is not valid UTF-8: retype it") from None
+    if "\r" in name or "\n" in name:
+        raise InvalidBucketURL(f"object name {_shown(name)} has a line break (CR or LF), which Cloud Storage "
+                               "refuses: remove it")
+    if "\0" in name:
+        raise InvalidBucketURL(f"object name {_shown(name)} has a NUL character, which Cloud Storage refuses: "
+                               "remove it")
+    if size > MAX_OBJECT_NAME:
+        raise InvalidBucketURL(f"object name {_shown(name)} is {size} bytes in UTF-8, over Cloud Storage's "
+                               f"{MAX_OBJECT_NAME}: use a shorter prefix or run name")
+    if name in (".", ".."):
+        raise InvalidBucketURL(f"object name {name!r} is not allowed by Cloud Storage: use a plain name")
+    return name
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A name as a message shows it: repr (so a newline is \\n, on one line), cut to `limit` characters."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-1]}"
 
 
 @contextlib.contextmanager

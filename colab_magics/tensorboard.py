@@ -18,6 +18,7 @@ from typing import Sequence
 
 from colab_magics import hosted, net, processes, session, storage, tunnels
 from colab_magics.display import Link
+from colab_magics.settings import DEFAULTS, Settings, effective
 from colab_magics.errors import (
     HelperNotReady,
     LogDirError,
@@ -30,7 +31,7 @@ from colab_magics.errors import (
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 90.0  # TensorBoard imports TensorFlow when it is installed: 5–12 s is common
+START_TIMEOUT = DEFAULTS.tensorboard_timeout  # TensorBoard imports TensorFlow when installed: 5–12 s is common
 _BIND_FAILURE = "could not bind to port"
 # TensorBoard's flags that bind beyond loopback (argparse also takes unambiguous abbreviations)
 _BINDING_FLAGS = ("--host", "--bind_all", "--bind-all")
@@ -257,18 +258,21 @@ def serve(
     *,
     port: int | None = None,
     extra_args: tuple[str, ...] | list[str] = (),
-    timeout: float = START_TIMEOUT,
+    settings: Settings | None = None,
 ) -> Served:
     """Start (or reuse) TensorBoard for `log_dir` and open (or reuse) a tunnel to it.
 
-    Everything that can be refused (binding flags, unknown provider, no token, --auth with
-    --no-auth) is checked before any process starts.
+    `provider` defaults to the `tunnel_provider` setting (else Colab's proxy in Colab, ngrok with a
+    token, local); `options` to the settings' (`tunnels.TunnelOptions.from_settings`). Everything
+    that can be refused (binding flags, unknown provider, no token, a password and no password
+    together) is checked before any process starts.
     """
+    settings = effective(settings)
     check_extra_args(extra_args)
-    options = options or tunnels.TunnelOptions()
-    provider, notes = tunnels.choose_provider(provider)
+    options = options or tunnels.TunnelOptions.from_settings(settings)
+    provider, notes = tunnels.choose_provider(provider or settings.tunnel_provider or None)
     tunnels.validate(provider, options)
-    started = start(log_dir, port=port, extra_args=extra_args, timeout=timeout)
+    started = start(log_dir, port=port, extra_args=extra_args, timeout=settings.tensorboard_timeout)
     opened = tunnels.open_tunnel(provider, started.instance.port, options)
     tunnel = opened.tunnel if isinstance(opened, tunnels.Reopened) else opened
     lines = tunnels.describe(opened) + list(notes)

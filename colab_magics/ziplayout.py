@@ -416,48 +416,12 @@ def central_directory(entries: list[_Entry], start: int, comment: bytes = b"") -
     return bytes(out)
 
 
-# --- CRC arithmetic: the checksum of a concatenation from its parts' ------------------------------
-CRC32_POLY = 0xEDB88320  # zip's CRC-32, reflected
-CRC32C_POLY = 0x82F63B78  # Castagnoli (Cloud Storage's crc32c), reflected
-
-
-def _multmodp(a: int, b: int, poly: int) -> int:
-    """a × b modulo the polynomial, reflected bit order (zlib's multmodp)."""
-    m, p = 1 << 31, 0
-    while True:
-        if a & m:
-            p ^= b
-            if not a & (m - 1):
-                return p
-        m >>= 1
-        b = (b >> 1) ^ poly if b & 1 else b >> 1
-
-
-def _powers(poly: int) -> list[int]:
-    table, p = [], 1 << 30  # x^1
-    for _ in range(32):
-        table.append(p)
-        p = _multmodp(p, p, poly)
-    return table
-
-
-_POWERS = {CRC32_POLY: _powers(CRC32_POLY), CRC32C_POLY: _powers(CRC32C_POLY)}
-
-
-def _combine(crc1: int, crc2: int, len2: int, poly: int) -> int:
-    """zlib's crc32_combine for any reflected polynomial: the CRC of A+B from crc(A), crc(B), len(B)."""
-    table, p, n, k = _POWERS[poly], 1 << 31, len2, 3  # x^(8·len2) = x^(len2·2^3)
-    while n:
-        if n & 1:
-            p = _multmodp(table[k & 31], p, poly)
-        n >>= 1
-        k += 1
-    return _multmodp(p, crc1, poly) ^ crc2
-
-
+# --- CRC arithmetic: the checksum of a concatenation from its parts' (packing.crc_combine) ---------
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    return _combine(crc1, crc2, len2, CRC32_POLY)
+    """The zip CRC-32 of A + B from crc(A), crc(B) and len(B)."""
+    return packing.crc_combine(crc1, crc2, len2, packing.CRC32_POLY)
 
 
 def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
-    return _combine(crc1, crc2, len2, CRC32C_POLY)
+    """Cloud Storage's crc32c of A + B from crc32c(A), crc32c(B) and len(B)."""
+    return packing.crc_combine(crc1, crc2, len2, packing.CRC32C_POLY)

@@ -8,16 +8,19 @@ Kaggle's backend is a local HTTP server that answers the two requests the real c
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
 HOSTED = Path(__file__).parent / "standins" / "hosted"
 STANDIN_MODULES = ("google.colab", "kaggle_secrets", "kaggle_gcp", "kaggle_web_client")
 
@@ -44,11 +47,23 @@ def _evaluate_in_the_browser(request):
     return json.loads(script)
 
 
+class StandinKernel:
+    """What the Colab modules use of ipykernel's kernel (`get_ipython().kernel`): the shell's parent
+    header and the kernel app (`.parent`). A shell without one is a process that is not the kernel."""
+
+    def __init__(self):
+        self.shell = SimpleNamespace(parent_header={})
+        self.parent = SimpleNamespace(kernel=self)
+
+
 @pytest.fixture()
-def colab(standins_path, monkeypatch, tmp_path):
-    """A Colab runtime whose frontend answers: proxyPort, secrets, sign-in (all adjustable)."""
+def colab(standins_path, shell, monkeypatch, tmp_path):
+    """A Colab runtime whose frontend answers: proxyPort, secrets, sign-in (all adjustable); this
+    process is its notebook's kernel (the shell has a `kernel`, as ipykernel's has)."""
     import google.colab
     from google.colab import _message
+
+    monkeypatch.setattr(shell, "kernel", StandinKernel(), raising=False)
 
     monkeypatch.setenv("COLAB_RELEASE_TAG", "standin")
     monkeypatch.setenv("DATALAB_ROOT", str(tmp_path / "datalab"))
@@ -73,6 +88,9 @@ def colab(standins_path, monkeypatch, tmp_path):
     _message.frontend = None
 
 
+GCLOUD_SDK_LABEL = "__gcloud_sdk_auth__"  # the secret Kaggle's "Google Cloud SDK" add-on attaches
+
+
 @dataclass
 class KaggleBackend:
     """What the local 'Kaggle backend' answers; tests change these fields."""
@@ -81,12 +99,22 @@ class KaggleBackend:
     secrets: dict[str, str] = field(default_factory=dict)
     gcs_token: str | None = "ya29.standin-kaggle-token"
     requests: list[tuple[str, dict]] = field(default_factory=list)
+    status: int = 200  # another status (403, 500, 503) answers every request with that HTTP error
+    monkeypatch: object = field(default=None, repr=False)
+
+    def attach_gcloud_sdk(self, credential: dict) -> None:
+        """Attach the "Google Cloud SDK" add-on: its credential is a secret with Kaggle's own label."""
+        self.secrets[GCLOUD_SDK_LABEL] = json.dumps(credential)
+
+    def internet_off(self) -> None:
+        """Internet off (Kaggle's default): the backend cannot be reached (nothing listens there)."""
+        self.monkeypatch.setenv("KAGGLE_URL_BASE", f"http://127.0.0.1:{free_port()}")
 
 
 @pytest.fixture()
 def kaggle(standins_path, monkeypatch):
     """A Kaggle kernel with internet on, talking to a local backend; no add-on attached."""
-    backend = KaggleBackend(url="")
+    backend = KaggleBackend(url="", monkeypatch=monkeypatch)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -95,6 +123,8 @@ def kaggle(standins_path, monkeypatch):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             backend.requests.append((self.path, body))
+            if backend.status != 200:
+                return self.reply(backend.status, {"error": "standin failure"})
             if self.headers.get("X-Kaggle-Authorization") != "Bearer standin-jwt":
                 return self.reply(403, {})
             if self.path == "/requests/GetUserSecretByLabelRequest":
@@ -132,6 +162,13 @@ def kaggle(standins_path, monkeypatch):
     server.server_close()
 
 
-def internet_off(monkeypatch) -> None:
-    """Kaggle with Internet off: its backend cannot be reached (nothing listens on the port)."""
-    monkeypatch.setenv("KAGGLE_URL_BASE", f"http://127.0.0.1:{free_port()}")
+def shell_command_env(**extra: str) -> dict[str, str]:
+    """The environment of `!colab-magics …` in a hosted notebook: the stand-in modules importable,
+    this checkout first, no kernel (a subprocess of the notebook's)."""
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "COLAB_RELEASE_TAG", "KAGGLE_KERNEL_RUN_TYPE",
+        "KAGGLE_URL_BASE", "KAGGLE_USER_SECRETS_TOKEN", "KAGGLE_KERNEL_INTEGRATIONS", "NGROK_AUTHTOKEN",
+        "PYTEST_CURRENT_TEST")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HOSTED), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env

@@ -140,6 +140,24 @@ def test_misuse_exits_2_with_one_line_naming_the_commands_help(emulator_host, tm
         assert names in one_line(result.stderr)
 
 
+@pytest.mark.parametrize("url, why", [
+    ("gs://my-bucket\n/exp", "is not a valid name"),  # a bucket name ending in a newline
+    ("gs://my-bucket\n", "is not a valid name"),
+    ("gs://my-bucket/exp\nrun", "line break"),
+    ("gs://my-bucket/" + "x" * 1100, "over Cloud Storage's 1024"),
+])
+def test_a_name_cloud_storage_refuses_is_one_line_and_exit_2(emulator_host, tmp_path, url, why):
+    run = make_run(tmp_path / "run1")
+    env = {"STORAGE_EMULATOR_HOST": emulator_host}
+    for argv in (("list", url), ("save", str(run), url), ("load", url + "/run1", str(tmp_path / "back")),
+                 ("run", str(run), url, "--", "true")):
+        result = cli(*argv, env=env)
+        assert result.returncode == 2, (argv, result.stderr)
+        line = one_line(result.stderr)
+        assert why in line and "ValueError" not in line, line
+    assert not (tmp_path / "back").exists()
+
+
 def test_failure_exits_1_with_one_line_that_names_cli_commands(bucket, emulator_host, tmp_path):
     env = {"STORAGE_EMULATOR_HOST": emulator_host}
     missing_dir = cli("save", str(tmp_path / "nope"), f"gs://{bucket.name}", env=env)

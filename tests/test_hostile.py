@@ -101,15 +101,16 @@ def upload(bucket, name: str, data: bytes) -> str:
 
 
 # --- archives built by hand, so they can lie ----------------------------------------------------
-def raw_zip(members) -> bytes:
-    """A zip written byte by byte: members are (name, data, method, crc, declared size)."""
+def raw_zip(members, flags: int = 0) -> bytes:
+    """A zip written byte by byte: members are (name, data, method, crc, declared size); `flags` are
+    every member's general-purpose bits (1: encrypted)."""
     out, central = bytearray(), bytearray()
     for name, data, method, crc, size in members:
         encoded = name.encode()
         offset = len(out)
-        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(data), size,
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, flags, method, 0, 0x21, crc, len(data), size,
                            len(encoded), 0) + encoded + data
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(data),
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, flags, method, 0, 0x21, crc, len(data),
                                size, len(encoded), 0, 0, 0, 0, 0o644 << 16, offset) + encoded
     start = len(out)
     out += central + end_record(len(members), len(central), start)
@@ -117,6 +118,9 @@ def raw_zip(members) -> bytes:
 
 
 def end_record(entries: int, size: int, offset: int) -> bytes:
+    """The end record; a count past 65 535 is written as 0xFFFF, as the count field cannot hold it
+    (readers go by the directory's size)."""
+    entries = min(entries, 0xFFFF)
     return struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, entries, entries, size, offset, 0)
 
 
@@ -182,9 +186,10 @@ def tmpfs():
     """Mount a small real tmpfs (root only); unmounted after the test."""
     mounted = []
 
-    def mount(path: Path, size: str = "20m", *, required: bool = True) -> Path:
+    def mount(path: Path, size: str = "20m", *, required: bool = True, inodes: int | None = None) -> Path:
         path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                               capture_output=True, text=True, timeout=30)
         if done.returncode:
             if required:
@@ -296,6 +301,141 @@ def test_a_forged_end_record_is_refused_after_a_bounded_read(ip, bucket, tmp_pat
     assert snapshot(target) == before and debris(target) == []
 
 
+# --- archives of too many members, too deep, named twice, encrypted or corrupt -----------------
+def load_in_child(url: str, target: Path, timeout: float = 120) -> dict:
+    """Restore in a fresh process, killed after `timeout` s (the time bound); its outcome and peak RSS."""
+    import json
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", CHILD_LOAD, url, str(target)], env=_child_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report["seconds"] = time.monotonic() - started
+    return report
+
+
+def hostile_restore(bucket, tmp_path, name: str, data: bytes, expected: str, peak_mib: int = 200) -> str:
+    """Restore an archive built to hurt in a child process: refused in one line (ending `expected`'s
+    class), within the memory bound and load_in_child's time bound, the target exactly as it was."""
+    url = upload(bucket, name, data)
+    target = precious_target(tmp_path / "target")
+    before = snapshot(target)
+    report = load_in_child(url, target)
+    print(f"{name}: {report['outcome'][:140]} ({report['seconds']:.1f} s, peak {report['peak_kib'] / 1024:.0f} MiB)")
+    assert report["outcome"].startswith(expected + ":") and "\n" not in report["outcome"], report["outcome"]
+    assert report["peak_kib"] < peak_mib * 1024
+    assert snapshot(target) == before and debris(target) == []
+    return report["outcome"]
+
+
+def empty_files_targz(count: int) -> bytes:
+    """A tar.gz of `count` empty files f0000000, f0000001, ...: 800 000 of them make ~7 MB.
+
+    Built from one ustar header whose name and checksum are patched (tarfile takes a minute for this)."""
+    template = tarfile.TarInfo("f0000000")
+    template.mtime, template.mode = 0, 0o644
+    header = bytearray(template.tobuf(tarfile.USTAR_FORMAT))
+    header[148:156] = b" " * 8
+    base = sum(header) - sum(b"f0000000")
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # a gzip stream
+    out, block = [], bytearray()
+    for i in range(count):
+        name = b"f%07d" % i
+        header[0:8] = name
+        header[148:156] = b"%06o\0 " % (base + sum(name))
+        block += header
+        if len(block) >= 4 * MiB:
+            out.append(packer.compress(block))
+            block.clear()
+    out.append(packer.compress(bytes(block) + bytes(1024)) + packer.flush())
+    return b"".join(out)
+
+
+def test_a_tar_gz_of_800_000_empty_files_is_refused_at_the_member_cap(gcs, bucket, tmp_path):
+    """The issue's 7 MB archive (158 s of CPU and 800 MiB before): the 100 001st member is refused."""
+    data = empty_files_targz(800_000)
+    assert len(data) < 10 * MiB
+    outcome = hostile_restore(bucket, tmp_path, "run1.1.tar.gz", data, "ArchiveTooLarge", peak_mib=250)
+    assert "holds more than the 100,000 files and directories a restore takes" in outcome
+    assert "restore_max_files" in outcome
+
+
+def test_a_zip_of_too_many_members_is_refused_from_its_index_alone(gcs, bucket, tmp_path):
+    """Counted from the directory's headers ("more than": the count stops at the cap), before zipfile
+    builds an object per member and before anything is written."""
+    data = raw_zip([(f"f{i:07d}", b"", zipfile.ZIP_STORED, 0, 0) for i in range(100_001)])
+    outcome = hostile_restore(bucket, tmp_path, "run1.1.zip", data, "ArchiveTooLarge")
+    assert "holds more than the 100,000 files and directories a restore takes" in outcome
+
+
+def test_the_member_cap_is_a_setting(ip, bucket, tmp_path, capsys, monkeypatch):
+    url = upload(bucket, "run1.1.zip", small_zip({f"part-{i}.bin": b"w" for i in range(50)}))
+    target = precious_target(tmp_path / "target")
+    before = snapshot(target)
+    ip.run_line_magic("config", "ColabMagics.restore_max_files = 49")
+    text = one_line_error(ip, capsys, f"%gcs_load {url} {target}", ArchiveTooLarge)
+    assert "holds more than the 49 files and directories a restore takes" in text and "restore_max_files" in text
+    assert snapshot(target) == before and debris(target) == []
+    ip.run_line_magic("config", "ColabMagics.restore_max_files = 0")  # no cap
+    ip.run_line_magic("gcs_load", f"{url} {target}")
+    monkeypatch.setenv("COLAB_MAGICS_RESTORE_MAX_FILES", "10")
+    with pytest.raises(ArchiveTooLarge, match="holds more than the 10 files"):
+        runs.load_run(url, tmp_path / "other")
+
+
+def test_many_small_files_that_would_not_fit_are_refused_before_writing(gcs, bucket, tmp_path, tmpfs):
+    """3 000 files of 4 097 bytes declare 12 MiB, but each takes two pages: with the per-file overhead
+    counted they need 24 MiB, and a 20 MiB disk is refused before a byte is written."""
+    disk = tmpfs(tmp_path / "disk", "20m")
+    url = upload(bucket, "run1.1.zip", small_zip({f"part-{i:04d}.bin": os.urandom(4097) for i in range(3000)}))
+    target = precious_target(disk / "target")
+    before, used = snapshot(target), shutil.disk_usage(disk).used
+    with pytest.raises(DiskFull, match="it needs 23 MiB and 20 MiB are free"):
+        runs.load_run(url, target, settings=NO_MARGIN)
+    assert snapshot(target) == before and debris(target) == [] and shutil.disk_usage(disk).used == used
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
+def test_a_member_1_500_levels_deep_is_one_line(gcs, bucket, tmp_path, fmt):
+    """A RecursionError before."""
+    name = "d/" * 1500 + "model-1.keras"
+    data = small_zip({name: b"w"}) if fmt == "zip" else targz({name: b"w"})
+    outcome = hostile_restore(bucket, tmp_path, f"run1.1.{fmt}", data, "UnsafeArchive")
+    assert "is 1,501 levels deep (at most 128)" in outcome and len(outcome) < 300
+
+
+def test_a_tar_member_named_twice_is_one_line_not_an_overwrite(ip, bucket, tmp_path, capsys):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for content in (b"the real weights", b"a second copy"):
+            info = tarfile.TarInfo("model-1.keras")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    outcome = hostile_restore(bucket, tmp_path, "run1.1.tar.gz", buffer.getvalue(), "CorruptArchive")
+    assert "'model-1.keras' appears twice" in outcome
+    target = tmp_path / "target"
+    assert "appears twice" in one_line_error(ip, capsys, f"%gcs_load gs://{bucket.name}/run1.1.tar.gz {target}",
+                                             CorruptArchive)
+
+
+@pytest.mark.parametrize("case", ["encrypted", "not deflate data", "truncated deflate data"])
+def test_an_encrypted_or_corrupt_zip_member_is_one_line(ip, bucket, tmp_path, capsys, case):
+    """A raw RuntimeError / zlib.error before."""
+    good = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated = good.compress(b"weights " * 1000) + good.flush()
+    crc = zlib.crc32(b"weights " * 1000)
+    member = {"encrypted": ("model-1.keras", deflated, zipfile.ZIP_DEFLATED, crc, 8000),
+              "not deflate data": ("model-1.keras", b"\xff" * 64, zipfile.ZIP_DEFLATED, crc, 8000),
+              "truncated deflate data": ("model-1.keras", deflated[:20], zipfile.ZIP_DEFLATED, crc, 8000)}[case]
+    data = raw_zip([member], flags=1 if case == "encrypted" else 0)
+    outcome = hostile_restore(bucket, tmp_path, "run1.1.zip", data, "CorruptArchive")
+    assert {"encrypted": "is encrypted", "not deflate data": "is not valid deflate data",
+            "truncated deflate data": "is truncated"}[case] in outcome
+    target = tmp_path / "target"
+    assert "corrupt" in one_line_error(ip, capsys, f"%gcs_load gs://{bucket.name}/run1.1.zip {target}",
+                                       CorruptArchive) or case == "encrypted"
+
+
 # --- targets that get in the way ----------------------------------------------------------------
 @pytest.mark.parametrize("mine, theirs", [
     ("train", {"train/model-1.keras": b"w"}),  # a file where the archive has a directory
@@ -351,9 +491,10 @@ def test_a_target_whose_parent_is_read_only_is_refused_before_downloading(ip, bu
 
 @pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
 def test_disk_full_while_restoring_is_one_line_and_leaves_the_target(gcs, bucket, tmp_path, tmpfs, fmt):
-    """3 000 files of 4 097 bytes declare 12 MiB but take two pages each (24 MiB) on a 20 MiB disk."""
-    disk = tmpfs(tmp_path / "disk", "20m")
-    files = {f"part-{i:04d}.bin": os.urandom(4097) for i in range(3000)}
+    """3 000 files of 100 bytes on a disk of 1 000 inodes: the bytes fit (their overhead counted), the
+    inodes run out while writing."""
+    disk = tmpfs(tmp_path / "disk", "20m", inodes=1000)
+    files = {f"part-{i:04d}.bin": os.urandom(100) for i in range(3000)}
     url = upload(bucket, f"run1.1.{fmt}", small_zip(files) if fmt == "zip" else targz(files))
     target = precious_target(disk / "target")
     before, used = snapshot(target), shutil.disk_usage(disk).used

@@ -49,8 +49,10 @@ def test_line_form_archives_across_cells_until_stop(ip, bucket, tmp_path, capsys
 
 def test_status_shows_the_last_error(ip, gcs, tmp_path):
     run_dir = tmp_path / "run1"
+    doomed = gcs.create_bucket("doomed-bucket-for-status")
+    ip.run_line_magic("gcs_archive", f"{run_dir} gs://{doomed.name} --every 0.2s")
+    doomed.delete()  # the bucket goes away after archiving started
     write_step(run_dir, 1)
-    ip.run_line_magic("gcs_archive", f"{run_dir} gs://no-such-bucket-for-status --every 0.2s")
     try:
         poll(lambda: ip.run_line_magic("gcs_archive", "--status").table.rows[0][-1] != "-", 20,
              message="a failed attempt in --status")
@@ -85,6 +87,26 @@ def test_line_form_bad_input_is_one_line(ip, bucket, tmp_path, line, message):
 
     assert "\n" not in str(caught.value)
     assert ip.run_line_magic("gcs_archive", "--status") == []
+
+
+def test_line_form_checks_the_bucket_before_it_starts(ip, gcs, tmp_path, capsys):
+    run_dir = tmp_path / "run1"
+    write_step(run_dir, 1)
+
+    with pytest.raises(UsageError, match="bucket gs://no-such-bucket does not exist") as caught:
+        ip.run_line_magic("gcs_archive", f"{run_dir} gs://no-such-bucket --every 0.2s")
+
+    assert "\n" not in str(caught.value)
+    assert ip.run_line_magic("gcs_archive", "--status") == []  # nothing started
+    assert "in the background" not in capsys.readouterr().out
+
+
+def test_line_form_on_a_non_chief_worker_does_not_ask_the_bucket(ip, gcs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")  # torch.distributed's second worker archives nothing
+
+    ip.run_line_magic("gcs_archive", f"{tmp_path / 'run1'} gs://no-such-bucket")
+
+    assert "Archiving skipped: not the chief worker" in capsys.readouterr().out
 
 
 def test_one_background_archiver_per_run_dir(ip, bucket, tmp_path):

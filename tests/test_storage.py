@@ -239,6 +239,70 @@ def test_invalid_bucket_names_are_refused_with_the_rule(url, tmp_path):
         runs.save_run(run_dir, url, settings=FAST)
 
 
+# Names Cloud Storage refuses, and the words that say why (bucket and object naming rules).
+BAD_NAMES = {
+    "gs://{bucket}\n": r"bucket '.*\\n' is not a valid name",  # `$` once matched before the newline
+    "gs://{bucket}\n/exp": r"bucket '.*\\n' is not a valid name",
+    "gs://{bucket}/exp\nrun": r"has a line break \(CR or LF\)",
+    "gs://{bucket}/exp\r": r"has a line break \(CR or LF\)",
+    "gs://{bucket}/exp\0run": "has a NUL character",
+    "gs://{bucket}/" + "é" * 600: r"is 12\d\d bytes in UTF-8, over Cloud Storage's 1024",
+    "gs://{bucket}/exp\udcff": "is not valid UTF-8",  # undecodable bytes of a command line
+}
+
+
+@pytest.mark.parametrize("url, expected", BAD_NAMES.items(), ids=lambda v: ascii(v)[:30])
+def test_names_cloud_storage_refuses_are_one_line_in_python_and_the_magics(ip, bucket, tmp_path, url, expected):
+    import shlex
+
+    from colab_magics import archiver, mount, tensorboard
+
+    run_dir, _ = keras_run(tmp_path / "run1")
+    url, target = url.format(bucket=bucket.name), tmp_path / "back"
+    calls = [
+        lambda: runs.save_run(run_dir, url, settings=FAST),
+        lambda: runs.load_run(url + "/run1", target, settings=FAST),
+        lambda: runs.list_archives(url),
+        lambda: archiver.Archiver(run_dir, url),
+        lambda: mount.mount(url, tmp_path / "mnt"),
+        lambda: tensorboard.serve(url, "local"),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidBucketURL, match=expected) as caught:
+            call()
+        assert "\n" not in str(caught.value)
+    quoted = shlex.quote(url)
+    for magic, line in [("gcs_save", f"{run_dir} {quoted}"), ("gcs_load", f"{quoted} {target}"),
+                        ("gcs_list", quoted), ("gcs_archive", f"{run_dir} {quoted}"),
+                        ("gcsfuse_mount", f"{quoted} {tmp_path / 'mnt'}"), ("tensorboard_tunnel", quoted),
+                        ("gcs_resume", f"{run_dir} {quoted}")]:
+        with pytest.raises(UsageError, match=expected) as caught:
+            ip.run_line_magic(magic, line)
+        assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value), magic
+    assert list(bucket.list_blobs()) == [] and not target.exists()
+    assert ip.run_line_magic("gcs_archive", "--status") == []
+
+
+def test_a_mounts_only_dir_is_named_as_cloud_storage_names_objects(ip, bucket, tmp_path):
+    from colab_magics import mount
+
+    with pytest.raises(InvalidBucketURL, match="line break"):
+        mount.mount(bucket.name, tmp_path / "mnt", only_dir="run1\n")
+    with pytest.raises(UsageError, match=r"'\.\.' segment"):
+        ip.run_line_magic("gcsfuse_mount", f"{bucket.name} {tmp_path / 'mnt'} --only-dir ../other")
+    assert not (tmp_path / "mnt").exists()  # refused before the mount point was made
+
+
+def test_an_archive_name_over_1024_bytes_is_refused_before_uploading(ip, bucket, tmp_path):
+    run_dir, _ = keras_run(tmp_path / "run1")
+    prefix = "p" * 1020  # a valid prefix (1 020 bytes), but PREFIX/run1.3.zip is 1 031
+
+    with pytest.raises(UsageError, match=r"over Cloud Storage's 1024: use a shorter prefix or run name"):
+        ip.run_line_magic("gcs_save", f"{run_dir} gs://{bucket.name}/{prefix}")
+
+    assert list(bucket.list_blobs()) == []
+
+
 @pytest.mark.parametrize("path", ["../../x", "exp/./runs", "exp//runs", "..", "exp/.."])
 def test_dot_and_empty_segments_in_object_paths_are_refused(ip, bucket, tmp_path, path):
     run_dir, _ = keras_run(tmp_path / "run1")
@@ -259,8 +323,9 @@ def test_run_dir_problems_are_named(gcs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunDirError, match="is empty"):
         runs.save_run(tmp_path / "empty", "gs://some-bucket", settings=FAST)
-    write(tmp_path / "nockpt" / "readme.txt", b"hello")
-    with pytest.raises(NoCheckpointFound, match="no checkpoint found"):
+    write(tmp_path / "nockpt" / "train" / "events.out.tfevents.1.host", b"hello")  # nothing but event files
+    with pytest.raises(NoCheckpointFound, match=r"nothing to archive in .*nockpt: it holds only event files "
+                                                r"\(left out without events=\); looked for numbered checkpoints"):
         runs.save_run(tmp_path / "nockpt", "gs://some-bucket", settings=FAST)
     run_dir, _ = keras_run(tmp_path / "run1")
     with pytest.raises(NoCheckpointFound, match="steps found: 1, 2, 3"):

@@ -30,7 +30,6 @@ from colab_magics.errors import NoTunnelToken, TunnelError, TunnelInstallError
 from colab_magics.tunnels import TunnelOptions
 from colab_magics.tunnels import ngrok as ngrok_provider
 from conftest import SESSION_PIDS, free_port, notebook_words, poll, raises_worded
-from hosted_env import colab, standins_path  # noqa: F401  (fixtures: a Colab runtime's modules)
 from tests.test_tensorboard import write_events
 
 STANDINS = Path(__file__).parent / "standins"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from colab_magics import hosted, processes, session
 from colab_magics.authproxy import AuthProxy
+from colab_magics.settings import DEFAULTS, Settings
 from colab_magics.errors import Param, TunnelError, UnknownProvider, Words
 
 PROVIDERS = ("ngrok", "cloudflared", "ssh", "colab", "local")
@@ -71,7 +72,14 @@ class TunnelOptions:
     remote_port: int = 0
     url: str | None = None
     bin_dir: Path | None = None
-    timeout: float = 30.0
+    timeout: float = DEFAULTS.tensorboard_timeout  # seconds the tunnel may take to come up
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options) -> "TunnelOptions":
+        """The options the settings give (agent directory, known_hosts, timeout), then `options`."""
+        return cls(bin_dir=Path(settings.ngrok_bin_dir) if settings.ngrok_bin_dir else None,
+                   ssh_known_hosts=settings.ssh_known_hosts or None, timeout=settings.tensorboard_timeout,
+                   **options)
 
 
 @dataclass(frozen=True)

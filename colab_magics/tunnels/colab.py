@@ -3,7 +3,8 @@
 TensorBoard is shown inside the cell's output (`serve_kernel_port_as_iframe`, as `%tensorboard`
 does); the new-tab link from `google.colab.kernel.proxyPort` is an extra, asked for with a timeout:
 Colab marks links in a new tab as broken by browser storage partitioning, and a runtime driven from
-VS Code or a script has no frontend to answer at all.
+VS Code, or a process that is not the notebook's kernel (`!colab-magics tunnel …`), has no frontend
+to answer at all.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
                           ", cloudflared, ssh or local here")
     wait = min(options.timeout, hosted.PROXY_TIMEOUT)
     url = hosted.colab_proxy_url(port, timeout=wait)
-    if url is None:
-        note = Words(f"No Colab frontend answered within {wait:.0f} s (a runtime driven from VS Code or a "
-                     "script?): for a link that works there use ", Param("provider", "ngrok"), " or ",
-                     Param("provider", "cloudflared"), ".")
+    if url is None:  # no frontend answered, or this process is not the notebook's kernel (`!colab-magics`)
+        why = hosted.colab_no_frontend(wait)
+        note = Words(why[0].upper() + why[1:], ": for a link that works there use ", Param("provider", "ngrok"),
+                     " or ", Param("provider", "cloudflared"), ".")
         return Tunnel(url=f"http://127.0.0.1:{port}/", provider="colab", port=port, inline=True, notes=(note,))
     return Tunnel(url=url, provider="colab", port=port, inline=True, notes=(PRIVATE_NOTE,))
 

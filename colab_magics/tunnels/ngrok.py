@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from colab_magics import processes, session
+from colab_magics import hosted, processes, session
 from colab_magics.errors import HelperNotReady, MissingDependency, NoTunnelToken, Param, TunnelError, TunnelInstallError, Words
 from colab_magics.tunnels import Tunnel, TunnelOptions, credentials, ngrok_token
 
@@ -118,7 +118,8 @@ def validate(options: TunnelOptions) -> None:
     """pyngrok installed, an authtoken available, a password ngrok accepts."""
     _pyngrok()
     if not ngrok_token():
-        raise NoTunnelToken(*TOKEN_HELP)
+        problem = hosted.read_secret("NGROK_AUTHTOKEN").problem  # the notebook's secret, if it failed: why
+        raise NoTunnelToken(*TOKEN_HELP, *(("; the notebook's secret: ", problem) if problem else ()))
     if options.auth is not None and not 8 <= len(options.auth[1]) <= 128:
         raise TunnelError("ngrok needs a basic-auth password of 8 to 128 characters: change ", Param("auth"))
 

@@ -2,8 +2,11 @@
 
 Same names, endpoints and errors: `get_secret(label)` posts to /requests/GetUserSecretByLabelRequest
 (ValidationError for an empty label, BackendError for an answer without a secret), the GCS access
-token comes from /requests/GetUserSecretRequest with Target 2; CredentialError and BackendError are
-re-exported from kaggle_web_client, as upstream does.
+token comes from /requests/GetUserSecretRequest with Target 2; the "Google Cloud SDK" add-on's
+credential (`get_gcloud_credential`) is the secret labelled `__gcloud_sdk_auth__`, NotFoundError when
+the backend's error says 'No user secrets exist' (other BackendErrors pass through); CredentialError
+and BackendError are re-exported from kaggle_web_client, as upstream does. Written for these tests
+from upstream's behaviour (read at commit 78aaa43); none of its code is copied.
 """
 
 from datetime import datetime, timedelta
@@ -55,6 +58,15 @@ class UserSecretsClient():
         if 'secret' not in response_json:
             raise BackendError(f'Unexpected response from the service. Response: {response_json}')
         return response_json['secret']
+
+    def get_gcloud_credential(self) -> str:
+        """The Google Cloud SDK add-on's credential JSON attached to this kernel."""
+        try:
+            return self.get_secret("__gcloud_sdk_auth__")
+        except BackendError as error:
+            if "No user secrets exist" in str(error.args):
+                raise NotFoundError("Google Cloud SDK credential not found.") from None
+            raise
 
     def _get_gcs_access_token(self) -> Tuple[str, Optional[datetime]]:
         return self._get_access_token(GcpTarget.GCS)

@@ -7,7 +7,10 @@ valid user credentials already in place → returns; else it asks the frontend t
 writes their *user* credentials (type authorized_user) to $DATALAB_ROOT/content/.adc/adc.json,
 points GOOGLE_APPLICATION_CREDENTIALS there, and raises errors.AuthorizationError when that fails.
 The frontend's answer is the `request_auth` handler of `_message.frontend` (True: signed in); as
-upstream, that request has no timeout (the stand-in channel fails loudly instead of hanging).
+upstream (its USE_AUTH_EPHEM path, Colab's default), that request has no timeout (the stand-in
+channel fails loudly instead of hanging), and in a process that is not the notebook's kernel it
+raises AttributeError (`_message.blocking_request` → `_ipython.get_kernelapp()`), while valid user
+credentials already in place still return at once.
 """
 
 import json as _json

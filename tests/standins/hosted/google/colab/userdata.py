@@ -2,7 +2,8 @@
 
 Same classes (NotebookAccessError is a plain Exception; SecretNotFoundError and TimeoutException
 derive from errors.Error) and the same flow: a `GetSecret` request with timeout_sec=10, answered
-by the `GetSecret` handler of `_message.frontend` with {'exists', 'access', 'payload'}.
+by the `GetSecret` handler of `_message.frontend` with {'exists', 'access', 'payload'}. In a process
+that is not the notebook's kernel the request raises AttributeError, as upstream.
 """
 
 import re as _re
