@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 
-from colab_magics import auth
+from colab_magics import auth, checkpoints
 from colab_magics.archiver import Archiver, ArchiveSummary
 from colab_magics.errors import ColabMagicsError, InvalidArgument, check_argument
 from colab_magics.lazy import lazy_classes, require
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SaverWithCallback", "GcsArchiveHook", "GcsArchiveCallback"]
 
-_PREFIX_STEP = re.compile(r"-(\d+)$")
 
 
 def _tf():
@@ -41,10 +39,7 @@ def _keras():
     return require("keras", "keras", "tf")
 
 
-def checkpoint_step(path: str | None) -> int | None:
-    """The step a TF checkpoint prefix ends with (`.../model.ckpt-1000` → 1000)."""
-    match = _PREFIX_STEP.search(str(path or ""))
-    return int(match.group(1)) if match else None
+checkpoint_step = checkpoints.tf_prefix_step  # the step a TF prefix ends with: its callbacks' argument
 
 
 # --- TensorFlow 1 style ---------------------------------------------------------------------------
