@@ -23,9 +23,9 @@ _PUBLIC = {
     "Archiver": "archiver",
     "start_background": "archiver",
     "stop_background": "archiver",
+    "KerasArchiveCallback": "callbacks",
     "HuggingFaceArchiveCallback": "callbacks",
     "LightningArchiveCallback": "callbacks",
-    "GcsArchiveCallback": "tf_hooks",
     "Settings": "settings",
     "ColabMagicsError": "errors",
 }

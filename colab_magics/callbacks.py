@@ -1,17 +1,25 @@
-"""Training callbacks for PyTorch users: Hugging Face `Trainer` and Lightning keep their run archived.
+"""Training callbacks: Keras, Hugging Face `Trainer` and Lightning keep their run archived.
 
-- `HuggingFaceArchiveCallback(destination, every=None, keep=None, events=True)`: a
+One signature for all three: the run's `destination` (gs://BUCKET[/PREFIX]), `every` (the shortest
+time between two archives; None: every save), `keep` and `events` (False: event files stay out,
+as for `%gcs_save`).
+
+- `KerasArchiveCallback(run_dir, destination, every_n_epochs=1, every=None, keep=None, events=False)`:
+  a Keras 3 callback (any backend) archiving the checkpoints a `keras.callbacks.ModelCheckpoint`
+  writes into RUN_DIR every N epochs (and/or per `every`), with a final archive in `on_train_end`.
+
+- `HuggingFaceArchiveCallback(destination, every=None, keep=None, events=False)`: a
   `transformers.TrainerCallback`; after each checkpoint save the newest `checkpoint-N` of the
   Trainer's `output_dir` is archived with the best one the Trainer keeps (`best_model_checkpoint`),
   and once more at `on_train_end`. A save is seen at `on_save`, and at the next step's end when a
   new `checkpoint-N` appeared without one (a listing of `output_dir` per step).
-- `LightningArchiveCallback(destination, every=None, keep=None)`: a Lightning `Callback` (package
+- `LightningArchiveCallback(destination, every=None, keep=None, events=False)`: a Lightning `Callback` (package
   `lightning` or `pytorch_lightning`); archives the `ModelCheckpoint`'s directory after each save,
   with the checkpoints it keeps (`best_k_models`, `best_model_path`, `last_model_path`), at the end
   of `fit` and when `fit` raises. A save is seen from the callback's state (its paths and their
   files changing), so weights-only saves count too: Lightning skips `on_save_checkpoint` for those.
 
-Both run the uploads in an `archiver.Archiver` thread, with its chief rules (only global rank 0
+All run the uploads in an `archiver.Archiver` thread, with its chief rules (only global rank 0
 archives). `every=None` archives every save; `every="10m"` at most once per interval. The
 libraries are imported when a class is first used (module `__getattr__`), so importing this module
 costs nothing.
@@ -23,12 +31,16 @@ import logging
 import os
 
 from colab_magics.archiver import Archiver, ArchiveSummary
-from colab_magics.errors import ColabMagicsError, MissingDependency, check_argument
+from colab_magics.errors import ColabMagicsError, InvalidValue, MissingDependency, Param, check_argument
 from colab_magics.lazy import lazy_classes, require
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HuggingFaceArchiveCallback", "LightningArchiveCallback"]  # noqa: F822  (made by __getattr__)
+__all__ = ["KerasArchiveCallback", "HuggingFaceArchiveCallback", "LightningArchiveCallback"]  # noqa: F822  (made by __getattr__)
+
+
+def _keras():
+    return require("keras", "keras", "tf")
 
 
 def _transformers():
@@ -81,7 +93,7 @@ def _build_hf():
         """
 
         def __init__(self, destination: str, every: float | str | None = None, keep: int | None = None,
-                     events: bool = True):
+                     events: bool = False):
             self._setup_archiving(destination, every, keep, events)
             self._state, self._seen = None, frozenset()
 
@@ -134,8 +146,9 @@ def _build_lightning():
         whatever was saved last.
         """
 
-        def __init__(self, destination: str, every: float | str | None = None, keep: int | None = None):
-            self._setup_archiving(destination, every, keep, False)
+        def __init__(self, destination: str, every: float | str | None = None, keep: int | None = None,
+                     events: bool = False):
+            self._setup_archiving(destination, every, keep, events)
             self._saved, self._trainer, self._seen = False, None, None
 
         def on_fit_start(self, trainer, pl_module) -> None:
@@ -212,6 +225,42 @@ def _file_version(path: str) -> tuple | None:
     return (st.st_size, st.st_mtime_ns) if st else None
 
 
+def _build_keras():
+    keras = _keras()
+
+    class KerasArchiveCallback(_ArchivingCallback, keras.callbacks.Callback):
+        """Archive RUN_DIR's newest checkpoint to DESTINATION every N epochs (and/or `every`) and at the end.
+
+        The checkpoints are the ones a `keras.callbacks.ModelCheckpoint` writes into RUN_DIR: list
+        it before this callback, so each epoch's file exists when this one runs. Works with any
+        Keras backend; uploads happen in a background thread.
+        """
+
+        def __init__(self, run_dir, destination: str, every_n_epochs: int | None = 1,
+                     every: float | str | None = None, keep: int | None = None, events: bool = False):
+            super().__init__()
+            if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int)
+                                               or every_n_epochs < 1):
+                raise InvalidValue(Param("every_n_epochs"), " must be at least 1 (or None to archive by time only)",
+                                   param="every_n_epochs")
+            self.run_dir, self.every_n_epochs = run_dir, every_n_epochs
+            self._setup_archiving(destination, every, keep, events)
+
+        def on_train_begin(self, logs=None) -> None:
+            self._start(self.run_dir)
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            if self.archiver is not None and self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
+                self.archiver.archive_now()  # returns at once: the worker uploads
+
+        def on_train_end(self, logs=None) -> None:
+            self._finish()
+
+    KerasArchiveCallback.__module__ = __name__
+    return KerasArchiveCallback
+
+
 __getattr__ = lazy_classes(__name__, globals(), {
-    "HuggingFaceArchiveCallback": _build_hf, "LightningArchiveCallback": _build_lightning,
+    "KerasArchiveCallback": _build_keras, "HuggingFaceArchiveCallback": _build_hf,
+    "LightningArchiveCallback": _build_lightning,
 })

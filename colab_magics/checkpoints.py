@@ -80,6 +80,7 @@ _UNFINISHED_FILE = re.compile(r"\.tempstate\d+$|\.tmp[0-9a-f]{32}$")
 _LIGHTNING_LAST = re.compile(r"^last(?:-v\d+)?\.ckpt$")
 _LIGHTNING_VERSION = re.compile(r"^version_\d+$")
 _STATE_LINE = re.compile(r'^\s*model_checkpoint_path:\s*"(?P<path>.*)"\s*$', re.M)
+_TF_PREFIX_STEP = re.compile(r"-(\d+)$")
 _SMALL = 64 * 1024  # state files read to find a framework's latest are at most this big
 # a file of another format is a step when its number has one of these keys, or it is an array/pickle file
 _STEP_KEYS = {"global_step", "globalstep", "steps", "step", "iteration", "iter", "epoch", "checkpoint", "ckpt"}
@@ -245,6 +246,18 @@ def step_from_name(name: str) -> int | None:
     """The step a file or directory name carries, if any (`epoch=3-step=1200.ckpt` → 1200)."""
     parsed = _parse_name(name)
     return parsed[0] if parsed else None
+
+
+def tf_state_path(text: str) -> str | None:
+    """The checkpoint prefix a TensorFlow `checkpoint` state file names (`model_checkpoint_path`)."""
+    match = _STATE_LINE.search(text)
+    return match.group("path") if match else None
+
+
+def tf_prefix_step(prefix: str | None) -> int | None:
+    """The step a TensorFlow checkpoint prefix ends with (`.../model.ckpt-1000` → 1000)."""
+    match = _TF_PREFIX_STEP.search(str(prefix or ""))
+    return int(match.group(1)) if match else None
 
 
 def write_tf_state(directory: Path, prefix_name: str) -> Path:
@@ -455,8 +468,8 @@ class _Scan:
                 continue
             parent = entry.parent
             if entry.name == STATE_FILE:
-                match = _STATE_LINE.search(text)
-                unit = self._tf_units.get((parent, Path(match.group("path")).name)) if match else None
+                named = tf_state_path(text)
+                unit = self._tf_units.get((parent, Path(named).name)) if named else None
             else:
                 tag = text.strip()
                 unit = self._dir_units.get(f"{parent}/{tag}" if parent else tag)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from colab_magics import (auth, checkpoints, composite, packing, progress, restore, sliced, snapshot, storage,
+from colab_magics import (auth, checkpoints, composite, packing, position, restore, sliced, snapshot, storage,
                           transfer, ziplayout)
 from colab_magics.settings import Settings, check_streams, effective
 from colab_magics.errors import (
@@ -532,7 +532,7 @@ def _restored(info: ArchiveInfo, target: Path, checkpoint: Path | None, files: t
               seconds: float) -> Restored:
     """The record of a restore: paths below `target`, step and epoch as the layout records them."""
     path = target / checkpoint if checkpoint is not None else None
-    found = progress.read_progress(path if path is not None else target, target)
+    found = position.read_position(path if path is not None else target, target)
     step = found.step if found.step is not None else (info.step if info.step_from == "name" else None)
     return Restored(info.url, target, path, step, tuple(target / f for f in files), seconds, found.epoch)
 

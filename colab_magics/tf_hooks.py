@@ -1,4 +1,4 @@
-"""TensorFlow and Keras hooks that keep a run archived while it trains (colab_utils' names).
+"""TensorFlow 1 hooks that keep a run archived while it trains (colab_utils' names).
 
 - `SaverWithCallback(callback_op, **kwargs)`: a `tf.compat.v1.train.Saver` calling
   `callback_op(sess, save_path, checkpoint_path=..., checkpoint_step=...)` after each save; a
@@ -6,45 +6,33 @@
 - `GcsArchiveHook(log_dir, project, bucket, every_n_secs=3600, delay_n_secs=None, start=None)`
   (colab_utils' order; `log=` is accepted for `log_dir=`): a `SessionRunHook` that archives the run
   directory's newest checkpoint and events as RUN.STEP.tar.gz every N seconds and at `end()`.
-- `GcsArchiveCallback(run_dir, bucket, every_n_epochs=1, every_n_secs=None, keep=None)`: a Keras 3
-  callback (any backend) doing the same as zips, with a final archive in `on_train_end`.
-
-All three run the uploads in an `archiver.Archiver` thread. TensorFlow and Keras are imported when
-one of these names is first used (module `__getattr__`), so importing this module costs nothing and
-works without them.
+Both run the uploads in an `archiver.Archiver` thread. TensorFlow is imported when one of these
+names is first used (module `__getattr__`), so importing this module costs nothing and works
+without it. The Keras 3 callback is `callbacks.KerasArchiveCallback`, beside the other frameworks'.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 
-from colab_magics import auth
+from colab_magics import auth, checkpoints
 from colab_magics.archiver import Archiver, ArchiveSummary
 from colab_magics.errors import ColabMagicsError, InvalidArgument, check_argument
 from colab_magics.lazy import lazy_classes, require
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SaverWithCallback", "GcsArchiveHook", "GcsArchiveCallback"]
+__all__ = ["SaverWithCallback", "GcsArchiveHook"]  # noqa: F822  (made by __getattr__)
 
-_PREFIX_STEP = re.compile(r"-(\d+)$")
 
 
 def _tf():
     return require("tensorflow", "tensorflow", "tf")
 
 
-def _keras():
-    return require("keras", "keras", "tf")
-
-
-def checkpoint_step(path: str | None) -> int | None:
-    """The step a TF checkpoint prefix ends with (`.../model.ckpt-1000` → 1000)."""
-    match = _PREFIX_STEP.search(str(path or ""))
-    return int(match.group(1)) if match else None
+checkpoint_step = checkpoints.tf_prefix_step  # the step a TF prefix ends with: its callbacks' argument
 
 
 # --- TensorFlow 1 style ---------------------------------------------------------------------------
@@ -144,45 +132,4 @@ def _build_hook():
     return GcsArchiveHook
 
 
-# --- Keras 3 --------------------------------------------------------------------------------------
-def _build_keras_callback():
-    keras = _keras()
-
-    class GcsArchiveCallback(keras.callbacks.Callback):
-        """Archive RUN_DIR's newest checkpoint to BUCKET every N epochs (and/or seconds) and at the end.
-
-        The checkpoints are the ones a `keras.callbacks.ModelCheckpoint` writes into RUN_DIR: list
-        it before this callback, so each epoch's file exists when this one runs. Works with any
-        Keras backend; uploads happen in a background thread.
-        """
-
-        def __init__(self, run_dir, bucket: str, every_n_epochs: int | None = 1,
-                     every_n_secs: float | None = None, keep: int | None = None, events: bool = False):
-            super().__init__()
-            if every_n_epochs is not None and every_n_epochs < 1:
-                raise ColabMagicsError("every_n_epochs must be at least 1 (or None for time-based archiving only)")
-            self.run_dir, self.bucket, self.every_n_epochs = run_dir, bucket, every_n_epochs
-            self.every_n_secs, self.keep, self.events = every_n_secs, keep, events
-            self.archiver: Archiver | None = None
-            self.summary: ArchiveSummary | None = None
-            Archiver(run_dir, bucket, every_n_secs, keep=keep)  # check the arguments now
-
-        def on_train_begin(self, logs=None) -> None:
-            self.archiver = Archiver(self.run_dir, self.bucket, self.every_n_secs, events=self.events,
-                                     keep=self.keep).start()
-
-        def on_epoch_end(self, epoch, logs=None) -> None:
-            if self.archiver is not None and self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
-                self.archiver.archive_now()  # returns at once: the worker uploads
-
-        def on_train_end(self, logs=None) -> None:
-            if self.archiver is not None:
-                self.summary = self.archiver.stop(final=True)
-
-    GcsArchiveCallback.__module__ = __name__
-    return GcsArchiveCallback
-
-
-__getattr__ = lazy_classes(__name__, globals(), {
-    "SaverWithCallback": _build_saver, "GcsArchiveHook": _build_hook, "GcsArchiveCallback": _build_keras_callback,
-})
+__getattr__ = lazy_classes(__name__, globals(), {"SaverWithCallback": _build_saver, "GcsArchiveHook": _build_hook})

@@ -233,9 +233,11 @@ def test_tf_hooks_without_tensorflow_name_the_extra_to_install():
         sys.modules["tensorflow"] = sys.modules["keras"] = None  # as if not installed
         from colab_magics import tf_hooks
         from colab_magics.errors import MissingDependency
-        for name in ("SaverWithCallback", "GcsArchiveHook", "GcsArchiveCallback"):
+        from colab_magics import callbacks
+        for module, name in ((tf_hooks, "SaverWithCallback"), (tf_hooks, "GcsArchiveHook"),
+                             (callbacks, "KerasArchiveCallback")):
             try:
-                getattr(tf_hooks, name)
+                getattr(module, name)
             except MissingDependency as exc:
                 print(exc)
         """)

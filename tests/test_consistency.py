@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from colab_magics.settings import Settings
-from colab_magics import packing, progress, runs, ziplayout
+from colab_magics import packing, position, runs, ziplayout
 from colab_magics.errors import ArchiveNotFound, CheckpointChanging, ColabMagicsError, RunDirError
 from conftest import poll, run_cell
 
@@ -280,7 +280,7 @@ def test_the_restore_record_reads_step_and_epoch_from_the_layout(bucket, tmp_pat
 def test_progress_is_read_from_what_each_layout_records(tmp_path, files, checkpoint, expected):
     for name, data in files.items():
         write(tmp_path / name, data)
-    found = progress.read_progress(tmp_path / checkpoint, tmp_path)
+    found = position.read_position(tmp_path / checkpoint, tmp_path)
     assert (found.step, found.epoch) == expected
 
 
@@ -361,7 +361,7 @@ def test_progress_of_a_keras_backup_and_restore_directory(tmp_path):
     model.compile(optimizer="sgd", loss="mse")
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
     model.fit(np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32"), epochs=3, callbacks=[backup], verbose=0)
-    found = progress.read_progress(tmp_path / "backup" / "latest.weights.h5", tmp_path)
+    found = position.read_position(tmp_path / "backup" / "latest.weights.h5", tmp_path)
     assert found.epoch == 3  # epochs done: what fit(initial_epoch=...) takes, as BackupAndRestore itself does
 
 
@@ -378,7 +378,7 @@ def test_progress_of_hugging_face_trainer_and_lightning_checkpoints(tmp_path):
                                           max_steps=6, per_device_train_batch_size=4)
     transformers.Trainer(model=transformers.BertForSequenceClassification(config), args=args,
                          train_dataset=data).train()
-    found = progress.read_progress(tmp_path / "hf" / "checkpoint-6", tmp_path / "hf")
+    found = position.read_position(tmp_path / "hf" / "checkpoint-6", tmp_path / "hf")
     assert (found.step, found.epoch) == (6, 3)  # 6 steps of 4 out of 8 examples: 3 epochs
 
     class Tiny(lightning.LightningModule):
@@ -397,5 +397,5 @@ def test_progress_of_hugging_face_trainer_and_lightning_checkpoints(tmp_path):
                                 enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(Tiny(), loader)
     (ckpt,) = (tmp_path / "pl" / "checkpoints").iterdir()
-    found = progress.read_progress(ckpt, tmp_path / "pl")
+    found = position.read_position(ckpt, tmp_path / "pl")
     assert (found.step, found.epoch) == (trainer.global_step, trainer.current_epoch - 1)  # epoch=E counts from 0

@@ -54,7 +54,7 @@ BLOCKS = {
     "colab-magics run": r"\Acolab-magics run runs/run1",
     "Archiver": r"\Afrom colab_magics.archiver import Archiver",
     "TensorFlow hooks": r"\Afrom colab_magics.tf_hooks import",
-    "PyTorch callbacks": r"\Afrom colab_magics.callbacks import",
+    "training callbacks": r"\Afrom colab_magics.callbacks import",
     "the command line": r"\Acolab-magics --emulator save",
     "migrating from colab_utils": r"\Aimport colab_magics.gcloud\n",
 }
@@ -402,11 +402,8 @@ def test_archiver_from_python(content, buckets):
 
 def test_tensorflow_hooks(ip, content, buckets):
     tf = pytest.importorskip("tensorflow")
-    keras_model(ip)
     code = block("TensorFlow hooks")
-    keras_part = part(code, "from colab_magics", "# tf.compat.v1")
-    run(ip, keras_part)
-    assert "keras/run1.20.zip" in names_in(buckets["my-bucket"])
+    run(ip, part(code, "from colab_magics", "# tf.compat.v1"))
 
     # the tf.compat.v1 part is graph code: a TF 1 notebook has built its graph (a global step, variables)
     names = {"tf": tf, "NOTEBOOK_START": time.time(), "GcsArchiveHook": ip.user_ns["GcsArchiveHook"],
@@ -419,11 +416,16 @@ def test_tensorflow_hooks(ip, content, buckets):
     assert archive == "tf/run1.0.tar.gz"  # the step-0 save of CheckpointSaverHook, archived at end()
 
 
-def test_pytorch_callbacks(ip, content, buckets):
+def test_training_callbacks(ip, content, buckets):
+    pytest.importorskip("keras")
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     lightning = pytest.importorskip("lightning")
-    code = block("PyTorch callbacks")
+    code = block("training callbacks")
+    keras_model(ip)
+    run(ip, part(code, "from colab_magics", "# transformers"))
+    assert "keras/run1.20.zip" in names_in(buckets["my-bucket"])
+
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
                                      intermediate_size=16, num_labels=2)
@@ -433,7 +435,7 @@ def test_pytorch_callbacks(ip, content, buckets):
     ip.user_ns.update(model=transformers.BertForSequenceClassification(config), data=data,
                       Trainer=transformers.Trainer, TrainingArguments=transformers.TrainingArguments)
     os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
-    run(ip, part(code, "from colab_magics", "# Lightning"))
+    run(ip, part(code, "# transformers", "# Lightning"))
     assert ip.user_ns["ckpt"].path == Path("runs/bert1/checkpoint-501")
     assert ip.user_ns["trainer"].state.global_step == 501
 

@@ -447,13 +447,13 @@ HOSTILE = {
 BOUNDED = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from colab_magics import checkpoints, progress, torchfile
+    from colab_magics import checkpoints, position, torchfile
     run_dir = Path(sys.argv[1])
     started = time.monotonic()
     found = []
     for path in sorted(run_dir.iterdir()):
         found.append([torchfile.recorded_progress(path),
-                      list(progress.read_progress(path, run_dir).__dict__.values())])
+                      list(position.read_position(path, run_dir).__dict__.values())])
     plan = checkpoints.plan(run_dir)
     peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) // 1024
     print(json.dumps({"found": found, "seconds": time.monotonic() - started, "peak_mib": peak,

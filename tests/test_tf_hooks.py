@@ -17,7 +17,7 @@ keras = pytest.importorskip("keras")
 np = pytest.importorskip("numpy")
 
 from colab_magics.settings import Settings
-from colab_magics import checkpoints, runs, tf_hooks  # noqa: E402
+from colab_magics import callbacks, checkpoints, runs, tf_hooks  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -106,7 +106,7 @@ def test_keras_fit_with_gcs_archive_callback_archives_and_resumes(bucket, tmp_pa
 
     trained = model()
     saver = keras.callbacks.ModelCheckpoint(str(run_dir / "ckpt-{epoch:03d}.weights.h5"), save_weights_only=True)
-    archive = tf_hooks.GcsArchiveCallback(run_dir, f"gs://{bucket.name}/keras", every_n_epochs=2)
+    archive = callbacks.KerasArchiveCallback(run_dir, f"gs://{bucket.name}/keras", every_n_epochs=2)
     trained.fit(x, y, epochs=5, batch_size=16, callbacks=[saver, archive], verbose=0)
 
     names = archives(bucket, "keras/")

@@ -1,4 +1,4 @@
-"""Where training stopped, as a restored checkpoint's own layout records it: its step and epoch.
+"""Where training stood when a checkpoint was written, as its own layout records it: step and epoch.
 
 Read after a restore so a resume is one line (`initial_epoch=ckpt.epoch`). Each number comes from
 the first source that has it:
@@ -22,28 +22,27 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from colab_magics.checkpoints import STATE_FILE, tf_prefix_step, tf_state_path
 from colab_magics.torchfile import MAX_STEP, recorded_progress, sane_step
 
 _EPOCH = re.compile(r"(?:^|[^a-z])epoch[=_-]?(\d+)", re.I)
 _STEP = re.compile(r"(?:^|[^a-z])(?:global_?)?step[=_-]?(\d+)", re.I)
-_STATE_PATH = re.compile(r'^\s*model_checkpoint_path:\s*"(?P<path>.*)"\s*$', re.M)
-_TF_STEP = re.compile(r"-(\d+)$")
 
 
 @dataclass(frozen=True)
-class Progress:
+class Position:
     step: int | None = None
     epoch: int | float | None = None
 
 
-def read_progress(checkpoint: Path, target: Path) -> Progress:
+def read_position(checkpoint: Path, target: Path) -> Position:
     """The step and epoch recorded for `checkpoint` (a file, TF prefix or directory below `target`)."""
     step = epoch = None
     for found in (_trainer_state(checkpoint), _keras_backup(checkpoint), _from_names(checkpoint, target),
                   _tf_state(checkpoint), _lightning_record(checkpoint)):
         step = found.step if step is None else step
         epoch = found.epoch if epoch is None else epoch
-    return Progress(step, epoch)
+    return Position(step, epoch)
 
 
 def _home(checkpoint: Path) -> Path:
@@ -82,17 +81,17 @@ def _number(value) -> int | float | None:
     return int(value) if value.is_integer() else value
 
 
-def _trainer_state(checkpoint: Path) -> Progress:
+def _trainer_state(checkpoint: Path) -> Position:
     state = _json(_home(checkpoint) / "trainer_state.json")
     step = _number(state.get("global_step"))
-    return Progress(int(step) if step is not None else None, _number(state.get("epoch")))
+    return Position(int(step) if step is not None else None, _number(state.get("epoch")))
 
 
-def _keras_backup(checkpoint: Path) -> Progress:
-    return Progress(epoch=_number(_json(_home(checkpoint) / "training_metadata.json").get("epoch")))
+def _keras_backup(checkpoint: Path) -> Position:
+    return Position(epoch=_number(_json(_home(checkpoint) / "training_metadata.json").get("epoch")))
 
 
-def _from_names(checkpoint: Path, target: Path) -> Progress:
+def _from_names(checkpoint: Path, target: Path) -> Position:
     try:
         parts = checkpoint.relative_to(target).parts
     except ValueError:
@@ -103,21 +102,20 @@ def _from_names(checkpoint: Path, target: Path) -> Progress:
             epoch = _digits(match.group(1))
         if step is None and (match := _STEP.search(part)):
             step = _digits(match.group(1))
-    return Progress(step, epoch)
+    return Position(step, epoch)
 
 
-def _lightning_record(checkpoint: Path) -> Progress:
+def _lightning_record(checkpoint: Path) -> Position:
     """What a Lightning `.ckpt` records inside (`last.ckpt` has no step in its name)."""
     if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
-        return Progress()
-    return Progress(*recorded_progress(checkpoint))
+        return Position()
+    return Position(*recorded_progress(checkpoint))
 
 
-def _tf_state(checkpoint: Path) -> Progress:
-    text = _read(_home(checkpoint) / "checkpoint")
-    named = _STATE_PATH.search(text) if text else None
-    match = _TF_STEP.search(Path(named.group("path")).name) if named else None
-    return Progress(step=_digits(match.group(1)) if match else None)
+def _tf_state(checkpoint: Path) -> Position:
+    text = _read(_home(checkpoint) / STATE_FILE)
+    step = tf_prefix_step(Path(tf_state_path(text) or "").name) if text else None
+    return Position(step=sane_step(step) if step is not None else None)
 
 
 def _digits(text: str) -> int | None:
