@@ -305,16 +305,16 @@ class Archiver:
             log.exception("archiving step %s of %s failed", step, self.run_dir)
             self._failed(step, f"{type(exc).__name__}: {exc}")
         else:
-            if isinstance(result, runs.Skipped) and result.kind == "vanished":
-                log.info("step %s of %s: %s", result.step, self.run_dir, result.reason)
+            if result.outcome == "vanished":
+                log.info("step %s of %s: %s", result.step, self.run_dir, result.note)
                 return  # deleted by the library while we read it: not in the bucket; a newer step comes next
             self._done.add(step)
             s = self._summary
-            if isinstance(result, runs.Saved):
+            if result.uploaded:
                 log.info("archived step %s of %s to %s", result.step, self.run_dir, result.url)
                 s = _replace(s, archives=s.archives + 1, urls=s.urls + (result.url,))
             else:
-                log.info("step %s of %s: %s", result.step, self.run_dir, result.reason)
+                log.info("step %s of %s: %s", result.step, self.run_dir, result.note)
             self._summary = _replace(s, last_step=result.step, last_url=result.url, run=result.run,
                                      last_archived_at=time.time())
         finally:

@@ -220,12 +220,13 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_save, line)
+        if args.dry_run:
+            print(_describe_plan(runs.plan_save(args.run_dir, args.destination, step=args.step, events=args.events,
+                                                exclude=tuple(args.exclude), include=tuple(args.include))))
+            return None
         result = runs.save_run(args.run_dir, args.destination, step=args.step, events=args.events,
                                force=args.force, keep=args.keep, settings=self.settings(streams=args.streams),
-                               exclude=tuple(args.exclude), include=tuple(args.include), dry_run=args.dry_run)
-        if isinstance(result, runs.Planned):
-            print(_describe_plan(result))
-            return None
+                               exclude=tuple(args.exclude), include=tuple(args.include))
         print(_describe_save(result, self.dialect))
         return result.url
 
@@ -617,10 +618,9 @@ def _when(moment) -> str:
 
 def _describe_save(result, dialect: Dialect) -> str:
     from colab_magics.display import human_size
-    from colab_magics.runs import Skipped
 
-    if isinstance(result, Skipped):
-        return f"Skipped {result.url}: {dialect.render(result.reason)}"
+    if not result.uploaded:
+        return f"Skipped {result.url}: {dialect.render(result.note)}"
     text = (f"Saved step {_step_text(result)} of {result.run} to {result.url} "
             f"({result.files} files, {human_size(result.size)}, {result.seconds:.1f} s"
             f"{f', {result.parts} parallel parts' if result.parts else ''})")

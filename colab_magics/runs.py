@@ -45,24 +45,35 @@ CONTENT_KEY = "colab-magics-content"  # object metadata: ziplayout.content_hash 
 
 @dataclass(frozen=True)
 class Saved:
+    """What `save_run` did with RUN.STEP.zip: `outcome` "uploaded", or the bucket left as it was —
+    "exists" (this content is there already), "raced" (another saver wrote the name meanwhile),
+    "vanished" (the step was deleted while it was read: a library rotating checkpoints) — with
+    `note` saying why in that case."""
+
     url: str
     run: str
     step: int
-    size: int
-    files: int
-    checkpoint: Path
-    seconds: float
-    deleted: tuple[str, ...] = ()  # URLs of the older archives --keep removed
+    outcome: str = "uploaded"
+    note: "str | Words | None" = None
+    size: int = 0
+    files: int = 0
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    deleted: tuple[str, ...] = ()  # URLs of the older archives `keep` removed
     step_from: str = "name"  # "mtime": `step` is the checkpoint's mtime (no step in its name)
     reread: tuple[str, ...] = ()  # files that changed while read, so the step was read again
     left_out_older: int = 0  # files of older steps not archived
     kept: tuple[str, ...] = ()  # checkpoints archived beside the newest as the library keeps them (its best)
     parts: int = 0  # objects composed into the archive (0: it went as one stream)
 
+    @property
+    def uploaded(self) -> bool:
+        return self.outcome == "uploaded"
+
 
 @dataclass(frozen=True)
 class Planned:
-    """What `save_run(..., dry_run=True)` would archive; nothing was uploaded."""
+    """What `save_run` would archive (`plan_save`'s answer); nothing was uploaded."""
 
     url: str
     run: str
@@ -78,17 +89,6 @@ class Planned:
     @property
     def size(self) -> int:
         return sum(size for _, size in self.files)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    url: str
-    run: str
-    step: int
-    reason: "str | Words"
-    step_from: str = "name"
-    kind: str = "exists"  # "exists": this content is in the bucket; "raced": another saver wrote the name
-    # meanwhile; "vanished": the step was deleted while it was saved (a library rotating checkpoints)
 
 
 class Restored(str):
@@ -174,32 +174,23 @@ def save_run(
     run_name: str | None = None,
     exclude: tuple[str, ...] = (),
     include: tuple[str, ...] = (),
-    dry_run: bool = False,
     pinned: tuple[str, ...] = (),
-) -> Saved | Skipped | Planned:
+) -> Saved:
     """Archive `run_dir` into `destination` as RUN.STEP.zip (or RUN.STEP.tar.gz with `fmt="tar.gz"`,
     the format of colab_utils' GcsArchiveHook): every file but the other steps of each checkpoint
-    series, event files (unless `events`) and what `exclude` globs name (see `checkpoints.plan`).
-    With `dry_run`, return what would be archived and upload nothing. RUN is `run_name` if given
-    (colab_utils' `basename`), else `checkpoints.run_name` of the directory. `pinned`: checkpoints the
-    training library keeps (its callback's best ones), archived whatever their step. A zip of
-    PARALLEL_MIN bytes or more travels as `settings.streams` parallel parts composed into the one
-    object (`composite`)."""
+    series, event files (unless `events`) and what `exclude` globs name (see `checkpoints.plan`;
+    `plan_save` says what would go in without uploading). RUN is `run_name` if given (colab_utils'
+    `basename`), else `checkpoints.run_name` of the directory. `pinned`: checkpoints the training
+    library keeps (its callback's best ones), archived whatever their step. A zip of PARALLEL_MIN
+    bytes or more travels as `settings.streams` parallel parts composed into the one object
+    (`composite`)."""
     settings = effective(settings)
     check_streams(settings.streams)
-    if fmt not in FORMATS:
-        raise InvalidValue(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}", param="fmt")
     check_keep(keep)
-    plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include, pinned=pinned)
+    plan, location, run, target = _planned_target(run_dir, destination, step=step, events=events, fmt=fmt,
+                                                  run_name=run_name, exclude=exclude, include=include,
+                                                  pinned=pinned)
     ckpt, root, files = plan.checkpoint, plan.root, list(plan.files)
-    location = storage.parse_url(destination)
-    if run_name is not None and (not run_name.strip() or "/" in run_name):
-        raise InvalidValue(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'",
-                           param="run_name")
-    run = run_name or checkpoints.run_name(root)
-    target = location.child(archive_name(run, ckpt.step, fmt, step_from=ckpt.step_from))
-    if dry_run:
-        return _planned(plan, target.url, run)
     client = client or auth.storage_client()
     bucket = storage.require_bucket(client, location, settings.retry_deadline)
     identity = {f.relative_to(root).as_posix() for f in ckpt.files}  # what "the same archive" compares
@@ -207,9 +198,9 @@ def save_run(
     try:
         members = [ziplayout.member(f, f.relative_to(root).as_posix(), _strict(f)) for f in files]
         if not force and _already_there(bucket, target, members, identity, ckpt.step, settings):
-            return Skipped(target.url, run, ckpt.step,
-                           Words("already in the bucket (use ", Param("force", True), " to replace it)"),
-                           ckpt.step_from)
+            return Saved(target.url, run, ckpt.step, "exists",
+                         Words("already in the bucket (use ", Param("force", True), " to replace it)"),
+                         step_from=ckpt.step_from)
         known = _archived(location, run, client, settings) if keep else None  # what retention may delete
         started = time.monotonic()
         manifest = {"colab_magics": 1, "run": run, "step": ckpt.step, "step_from": ckpt.step_from,
@@ -220,16 +211,41 @@ def save_run(
                                           json.dumps(manifest).encode(), force, settings, fmt)
     except (snapshot.Vanished, FileNotFoundError) as exc:  # the archivers log it, at INFO: not a failure
         path = getattr(exc, "path", None) or _origin(getattr(exc, "filename", None), members) or "a file"
-        return Skipped(target.url, run, ckpt.step, f"{path} was deleted while it was saved (rotated out by the "
-                       "training library?): a newer step is archived next", ckpt.step_from, kind="vanished")
+        return Saved(target.url, run, ckpt.step, "vanished", f"{path} was deleted while it was saved (rotated "
+                     "out by the training library?): a newer step is archived next", step_from=ckpt.step_from)
     except _PreconditionFailed:
-        return Skipped(target.url, run, ckpt.step, "written by another saver meanwhile", ckpt.step_from,
-                       kind="raced")
+        return Saved(target.url, run, ckpt.step, "raced", "written by another saver meanwhile",
+                     step_from=ckpt.step_from)
     deleted = prune(location, run, keep, client=client, protect=target.url, spare_unless=known,
                     deadline=settings.retry_deadline) if keep else ()
-    return Saved(target.url, run, ckpt.step, size, len(files), ckpt.path, time.monotonic() - started,
-                 deleted, ckpt.step_from, reread, plan.left_out_count("older"),
-                 tuple(k.path.relative_to(root).as_posix() for k in plan.kept), parts=parts)
+    return Saved(target.url, run, ckpt.step, size=size, files=len(files), checkpoint=ckpt.path,
+                 seconds=time.monotonic() - started, deleted=deleted, step_from=ckpt.step_from, reread=reread,
+                 left_out_older=plan.left_out_count("older"),
+                 kept=tuple(k.path.relative_to(root).as_posix() for k in plan.kept), parts=parts)
+
+
+def plan_save(run_dir, destination: str, *, step: int | None = None, events: bool = False, fmt: str = "zip",
+              run_name: str | None = None, exclude: tuple[str, ...] = (), include: tuple[str, ...] = (),
+              pinned: tuple[str, ...] = ()) -> Planned:
+    """What `save_run` with these arguments would archive, and under which URL: the step, every file
+    with its size, and each group left out with its reason. Nothing is uploaded (no request at all)."""
+    plan, _, run, target = _planned_target(run_dir, destination, step=step, events=events, fmt=fmt,
+                                           run_name=run_name, exclude=exclude, include=include, pinned=pinned)
+    return _planned(plan, target.url, run)
+
+
+def _planned_target(run_dir, destination: str, *, step, events, fmt, run_name, exclude, include, pinned):
+    """The plan of a save and where it goes: (plan, location, run name, archive path)."""
+    if fmt not in FORMATS:
+        raise InvalidValue(f"archive format {fmt!r} is not known: use one of {', '.join(FORMATS)}", param="fmt")
+    plan = checkpoints.plan(run_dir, step=step, events=events, exclude=exclude, include=include, pinned=pinned)
+    location = storage.parse_url(destination)
+    if run_name is not None and (not run_name.strip() or "/" in run_name):
+        raise InvalidValue(f"run name {run_name!r} cannot name an archive: use a non-empty name without '/'",
+                           param="run_name")
+    run = run_name or checkpoints.run_name(plan.root)
+    target = location.child(archive_name(run, plan.checkpoint.step, fmt, step_from=plan.checkpoint.step_from))
+    return plan, location, run, target
 
 
 def remove_debris(location: str, *, settings: Settings | None = None, client=None) -> "composite.Cleaned":

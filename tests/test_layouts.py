@@ -447,7 +447,7 @@ def test_a_fifo_never_blocks_the_save_and_is_reported(bucket, tmp_path):
     assert not worker.is_alive(), "the save blocked on the FIFO"
     assert isinstance(result[0], runs.Saved) and result[0].step == 2
 
-    planned = runs.save_run(run_dir, f"gs://{bucket.name}", dry_run=True)
+    planned = runs.plan_save(run_dir, f"gs://{bucket.name}")
     [group] = [g for g in planned.left_out if g.kind == "not_regular"]
     assert group.files == (run_dir / "progress.pipe",) and "not a regular file (a FIFO)" == group.reason
 
@@ -482,7 +482,7 @@ def test_a_linked_directory_is_not_followed(bucket, tmp_path):
     (run_dir / "data").symlink_to(outside, target_is_directory=True)
     saved, _, names = save_and_restore(run_dir, bucket, tmp_path / "restored")
     assert names == ["ckpt-1.pt"]
-    planned = runs.save_run(run_dir, bucket.name, dry_run=True)
+    planned = runs.plan_save(run_dir, bucket.name)
     assert [g.reason for g in planned.left_out] == ["not a regular file (a link to a directory (not followed))"]
 
 

@@ -96,8 +96,8 @@ def test_without_hard_links_a_step_deleted_mid_upload_is_skipped_in_one_info_lin
         shutil.rmtree(run_dir / "checkpoint-2")
         saver.join(60)
     skipped = result["saved"]
-    assert isinstance(skipped, runs.Skipped) and skipped.kind == "vanished"
-    assert "deleted while it was saved" in str(skipped.reason) and "\n" not in str(skipped.reason)
+    assert skipped.outcome == "vanished" and not skipped.uploaded
+    assert "deleted while it was saved" in str(skipped.note) and "\n" not in str(skipped.note)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any("hard-linked" in m for m in said)  # the one line saying the files are read in place
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
@@ -262,7 +262,7 @@ def test_another_runs_archive_under_the_same_name_is_never_counted_as_ours(bucke
     assert "\n" not in said and "already holds an archive of other files" in said and "force=" in said
     assert bucket.get_blob("checkpoints.100.zip").generation == generation
     again = runs.save_run(first, bucket.name, settings=FAST)  # the first run's own step: the same content
-    assert isinstance(again, runs.Skipped) and again.kind == "exists"
+    assert again.outcome == "exists" and not again.uploaded
     assert isinstance(runs.save_run(second, bucket.name, force=True, settings=FAST), runs.Saved)
 
 
@@ -278,7 +278,7 @@ def test_a_restored_step_is_already_in_the_bucket(bucket, tmp_path):
     with open(back / "train.log", "ab") as log:  # training goes on: the neighbours change, not the step
         log.write(b"more lines\n")
     again = runs.save_run(back, bucket.name, settings=FAST)
-    assert isinstance(again, runs.Skipped) and "already in the bucket" in str(again.reason)
+    assert not again.uploaded and "already in the bucket" in str(again.note)
 
 
 def test_an_archive_without_a_content_hash_is_compared_by_its_index(bucket, tmp_path):
@@ -289,7 +289,7 @@ def test_an_archive_without_a_content_hash_is_compared_by_its_index(bucket, tmp_
     with zipfile.ZipFile(ours, "w") as zf:
         zf.write(weights, "model-5.keras")
     bucket.blob("run1.5.zip").upload_from_string(ours.getvalue())
-    assert isinstance(runs.save_run(run_dir, bucket.name, settings=FAST), runs.Skipped)
+    assert not runs.save_run(run_dir, bucket.name, settings=FAST).uploaded
     os.utime(weights, (time.time() + 10, time.time() + 10))
     with pytest.raises(ArchiveConflict):
         runs.save_run(run_dir, bucket.name, settings=FAST)

@@ -159,7 +159,7 @@ def test_existing_archive_is_skipped_unless_forced(bucket, tmp_path):
     first = runs.save_run(run_dir, bucket.name, settings=FAST)
     generation = bucket.get_blob("run1.3.zip").generation
     again = runs.save_run(run_dir, bucket.name, settings=FAST)
-    assert isinstance(again, runs.Skipped) and "force=" in str(again.reason)
+    assert not again.uploaded and "force=" in str(again.note)
     assert bucket.get_blob("run1.3.zip").generation == generation
     forced = runs.save_run(run_dir, bucket.name, force=True, settings=FAST)
     assert isinstance(forced, runs.Saved) and forced.url == first.url
