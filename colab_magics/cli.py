@@ -320,6 +320,8 @@ def _describe_supervised(done, words) -> str:
         text += f"; newest step {summary.newest_step} is NOT archived"
     if summary.failures:
         text += f"; {summary.failures} failed attempt(s), last: {words.render(summary.last_error)}"
+    if done.killed:
+        text += f"; the command outlived --final-timeout ({done.final_timeout:g} s) after the signal and was killed"
     if summary.pending:
         text += (f"; the final archive did not finish within {done.final_timeout:g} s and was abandoned "
                  "(an unfinished upload leaves nothing in the bucket)")
