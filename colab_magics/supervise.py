@@ -93,7 +93,8 @@ def run(
     worker = archiver.Archiver(root, location.url, every, events=events, keep=keep, settings=settings,
                                last_chance_timeout=final_timeout)
     registry = session.current().processes
-    with processes.subreaper(), _Forwarding() as forwarding, processes.Watchdog(registry) as watchdog:
+    # The watchdog stops last: the session then puts back the signal handlers it found (ours are gone)
+    with processes.subreaper(), processes.Watchdog(registry) as watchdog, _Forwarding() as forwarding:
         child = _start(argv)
         tree = processes.ProcessTree(child, registry)
         watchdog.watch(tree)

@@ -206,6 +206,32 @@ def test_a_command_deaf_to_sigterm_is_killed_after_the_final_timeout_and_archive
     assert "last step 3: " in job.errors()
 
 
+def test_the_python_api_leaves_the_process_as_it_found_it(job, bucket, tmp_path):
+    """`supervise.run` twice from a script: then SIGTERM does what it did before (nothing of ours is
+    left installed), and the process is no longer a child subreaper."""
+    script = tmp_path / "twice.py"
+    script.write_text(f"""
+import ctypes, signal, sys
+from colab_magics import supervise
+from colab_magics.settings import Settings
+for _ in range(2):
+    done = supervise.run({str(job.run_dir)!r}, "gs://{bucket.name}", ["true"], every="1h",
+                         settings=Settings(progress=False))
+    assert done.code == 0, done
+flag = ctypes.c_int(-1)
+ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+defaults = (signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+print("subreaper", flag.value, "default handlers", defaults, flush=True)
+signal.raise_signal(signal.SIGTERM)
+print("still alive")
+""")
+    proc = subprocess.run([sys.executable, str(script)], env=job.env, capture_output=True, text=True, timeout=120)
+
+    assert "subreaper 0 default handlers True" in proc.stdout, proc.stderr
+    assert proc.returncode == -signal.SIGTERM and "still alive" not in proc.stdout
+
+
 def test_the_commands_exit_code_is_ours_after_a_final_archive(job, bucket, tmp_path):
     code = job.run(f"gs://{bucket.name}", "--every", "1h", steps=3, code=3)
 
