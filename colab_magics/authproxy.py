@@ -125,18 +125,20 @@ class AuthProxy:
 
     def close(self, urgent: bool = False) -> None:
         """Stop listening and end every connection (a request being answered is cut off)."""
-        if self._thread is None or self._closing:
-            return
-        self._closing = True
-        self._wake()
+        with self._lock:
+            if self._thread is None or self._closing:
+                return
+            self._closing = True  # from now on no worker hands a connection back (see _serve)
+            self._wake()
         self._thread.join(timeout=5)
         with self._lock:
             serving = list(self._open)
+            wake, self._wake_read, self._wake_write = (self._wake_read, self._wake_write), -1, -1
         for conn in serving:  # held by a worker: wake it from any read or write, it closes the rest
             conn.shutdown()
-        self._workers.stop()
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        self._workers.stop(timeout=1.0 if urgent else 5.0)
+        for fd in wake:
+            os.close(fd)
         if self._session is not None:
             self._session.untrack(self)
 
@@ -175,6 +177,8 @@ class AuthProxy:
         finally:
             for conn in list(held):
                 self._drop(selector, held, conn)
+            while not self._returned.empty():  # handed back just before the end
+                self._forget(self._returned.get_nowait())
             selector.close()
             self._listener.close()
 
@@ -254,9 +258,10 @@ class AuthProxy:
             self._open.discard(conn)
 
     def _wake(self) -> None:
+        """Wake the loop (called holding `_lock`, so the pipe is never written after close())."""
         try:
             os.write(self._wake_write, b"!")
-        except (BlockingIOError, OSError):  # full: the loop will wake anyway; closed: it is gone
+        except BlockingIOError:  # full: the loop wakes anyway
             pass
 
     # --- a worker: one request at a time -----------------------------------------------------------
@@ -283,8 +288,12 @@ class AuthProxy:
             log.exception("the password proxy failed on a request from %s", conn.peer)
             self._forget(conn)
             return
-        self._returned.put(conn)
-        self._wake()
+        with self._lock:
+            if not self._closing:
+                self._returned.put(conn)
+                self._wake()
+                return
+        self._forget(conn)
 
 
 class _Connection:
@@ -424,11 +433,15 @@ class _Workers:
                 thread.start()
         self._jobs.put(conn)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> None:
+        """Tell every thread to end, and wait up to `timeout` in all for them."""
         with self._lock:
             threads = list(self._threads)
         for _ in threads:
             self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:

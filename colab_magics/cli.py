@@ -91,7 +91,10 @@ COMMANDS = {
     "run": Command(
         None, "Run a training command, archiving its run directory; final archive on exit/preemption.",
         "Run CMD while the newest checkpoint in RUN_DIR is archived to a bucket; archive once more when "
-        "it ends (preempted, killed or done) and exit with its code (128+N when signal N ended it).",
+        "it ends (preempted, killed or done) and exit with its code (128+N when signal N ended it). "
+        "Signals go on to CMD's process group; what still runs --final-timeout after the first is "
+        "killed (exit 137). Everything CMD starts, background jobs included, ends with it, and with "
+        "colab-magics run if that is killed.",
         ("colab-magics run runs/run1 gs://my-bucket/exp --every 10m --resume -- python train.py",
          "colab-magics --emulator run runs/run1 gs://local-bucket -- python train.py --epochs 3"),
     ),

@@ -12,6 +12,10 @@ it: each is started with PR_SET_PDEATHSIG=SIGTERM. The kernel sends that signal 
 that forked the child ends, so children are forked by the main thread or by one long-lived spawner
 thread, never by a short-lived worker. Nothing is started by a library behind our back: the ngrok
 agent too is ours (`tunnels.ngrok`).
+
+A supervised command (`colab-magics run`) is owned down to its last descendant: `subreaper()` makes
+orphans come back to us, `ProcessTree` finds, signals, ends and reaps the command's session and what
+left it, and a `Watchdog` process SIGKILLs the tree if we die without ending it.
 """
 
 from __future__ import annotations

@@ -388,3 +388,46 @@ def test_tunnel_password_refusals_are_one_line_and_start_nothing(tmp_path, case,
     assert line.startswith("colab-magics tunnel: error: ") and line.endswith("(see  colab-magics tunnel --help)")
     assert message in line and PASSWORD not in line
     assert result.stdout == "" and started_for(logdir) == []
+
+
+# --- exit codes as the README lists them ----------------------------------------------------------
+def test_ctrl_c_is_exit_130_with_one_line(tmp_path):
+    """A `list` waiting on an endpoint that never answers, interrupted: 130, one line, no traceback."""
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.settimeout(0.2)
+    env = environment({"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                       "COLAB_MAGICS_RETRY_DEADLINE": "300"})
+    proc = subprocess.Popen([ENTRY_POINT, "list", "gs://some-bucket"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+    accepted = []
+
+    def asked() -> bool:
+        try:
+            accepted.append(silent.accept()[0])
+        except TimeoutError:
+            pass
+        return bool(accepted) or proc.poll() is not None
+
+    try:
+        poll(asked, 60, message="the request to the silent endpoint")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for sock in accepted + [silent]:
+            sock.close()
+    assert proc.returncode == 130
+    assert one_line(err) == "colab-magics list: interrupted" and out == ""
+
+
+def test_ctrl_c_ends_a_foreground_tunnel_with_130_and_leaves_nothing(tmp_path):
+    pytest.importorskip("tensorboard")
+    logdir, log = tmp_path / "runs", tmp_path / "tunnel.log"
+    proc = serve_protected(logdir, log, ["--provider", "local"], {})
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, log.read_text()
+    assert "Traceback" not in log.read_text() and started_for(logdir) == []
