@@ -327,6 +327,7 @@ _spawner = _Spawner()
 
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 WATCH_INTERVAL = 1.0  # how often the watchdog notes the tree (it acts at once when we die)
+_HAVE_PROC = os.path.isdir("/proc/self")  # elsewhere (macOS) only the command's process group is known
 KILL_WAIT = 10.0  # SIGKILL is final, but a process in uninterruptible I/O (a dead FUSE mount) dies late
 
 
@@ -364,8 +365,10 @@ class ProcInfo:
 
 
 def process_table() -> dict[int, ProcInfo]:
-    """Every process of this machine (its pid namespace), read from /proc."""
-    table = {}
+    """Every process of this machine (its pid namespace), read from /proc (empty without one)."""
+    table: dict[int, ProcInfo] = {}
+    if not _HAVE_PROC:
+        return table
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -407,6 +410,16 @@ def tree_members(table: Mapping[int, ProcInfo], *, session: int, parent: int | N
     return members
 
 
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _kill(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
@@ -438,6 +451,9 @@ class ProcessTree:
         self._me = os.getpid()
 
     def members(self) -> dict[int, ProcInfo]:
+        if not _HAVE_PROC:  # the process group stands for the tree: its leader's pid names it
+            return {self.session: ProcInfo(self.session, self._me, self.session, self.session, "R", 0)} \
+                if _group_exists(self.session) else {}
         spare = self._registry.pids() - {self.leader.pid}
         return tree_members(process_table(), session=self.session, parent=self._me, spare=spare)
 
@@ -456,6 +472,7 @@ class ProcessTree:
     def kill(self) -> int:
         """SIGKILL every live process of the tree; how many there were."""
         live = self.live()
+        self.signal_group(signal.SIGKILL)
         for pid in live:
             _kill(pid, signal.SIGKILL)
         return len(live)
@@ -476,6 +493,8 @@ class ProcessTree:
         `deadline` (time.monotonic()) for them to go, then SIGKILL the rest."""
         live = self.live()
         running = len(live)
+        if term:
+            self.signal_group(signal.SIGTERM)
         for pid, p in live.items():
             if term or (term_outside_group and p.pgid != self.session):
                 _kill(pid, signal.SIGTERM)
@@ -585,11 +604,15 @@ def watchdog_main(fd: int) -> None:
         return
     give_up = time.monotonic() + KILL_WAIT
     while time.monotonic() < give_up:  # the supervisor's pid may be reused now: no `parent` rule
+        # who descends from whom is read before anything dies (a dead parent's children move to init)
         members = tree_members(process_table(), session=session, spare=spare, known=known)
         known.update({pid: p.start for pid, p in members.items()})
         live = [pid for pid, p in members.items() if p.live]
-        if not live:
-            return
+        try:
+            os.killpg(session, signal.SIGKILL)  # a group id is not reused while the group has members
+        except (ProcessLookupError, PermissionError):
+            if not live:
+                return
         for pid in live:
             _kill(pid, signal.SIGKILL)
         time.sleep(0.02)
