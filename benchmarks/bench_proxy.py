@@ -40,9 +40,10 @@ USER, PASSWORD = "tensorboard", "bench-password-0123456789"
 HEADERS = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 
 PROXY = """
-import sys, time
+import os, sys, time
 from colab_magics.authproxy import AuthProxy
-proxy = AuthProxy(int(sys.argv[1]), sys.argv[2], sys.argv[3]).start()
+user, password = os.environ.pop("BENCH_PROXY_AUTH").split(":", 1)  # never on a command line
+proxy = AuthProxy(int(sys.argv[1]), user, password).start()
 print(proxy.port, flush=True)
 time.sleep(3600)
 """
@@ -69,13 +70,14 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Big).serve_forever()
 """
 
 
-def start(argv: list[str], **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def start(argv: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     return subprocess.Popen(argv, env=env, start_new_session=True, **kwargs)
 
 
 def start_proxy(target: int) -> tuple[subprocess.Popen, int]:
-    proc = start([sys.executable, "-c", PROXY, str(target), USER, PASSWORD], stdout=subprocess.PIPE)
+    proc = start([sys.executable, "-c", PROXY, str(target)], {"BENCH_PROXY_AUTH": f"{USER}:{PASSWORD}"},
+                 stdout=subprocess.PIPE)
     port = int(proc.stdout.readline())
     return proc, port
 

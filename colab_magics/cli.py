@@ -3,12 +3,18 @@
 Each command hands its argv list, as the shell split it, to the magic's own parser
 (`magics.parse`), so options mean the same in both; the help, examples and messages are written for
 a shell. Exit codes: 0 done, 1 the operation failed (one line on stderr), 2 bad usage (one line
-naming `colab-magics COMMAND --help`), 130 interrupted.
+naming `colab-magics COMMAND --help`), 130 interrupted (Ctrl-C; for `mount` and `tunnel`, which
+stay in the foreground, SIGTERM too). `run` exits with its command's code.
+
+A secret never comes from the command line (`ps` shows it to every local user): the tunnel's
+password comes from COLAB_MAGICS_TUNNEL_AUTH, a 0600 file (--auth-file) or the terminal (--auth USER).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import signal
 import sys
 import textwrap
@@ -80,10 +86,14 @@ COMMANDS = {
     "tunnel": Command(
         "tensorboard_tunnel", "Serve TensorBoard behind a tunnel until Ctrl-C.",
         "Start TensorBoard for LOGDIR, make it reachable and print the URL; Ctrl-C or SIGTERM ends "
-        "both. Options after -- go to TensorBoard unchanged. Every public tunnel (ngrok, cloudflared, "
-        "ssh) asks for a password by default (printed once, with the link); --auth sets one on any "
-        "provider, --no-auth opts out.",
+        "both (exit 130). Options after -- go to TensorBoard unchanged. Every public tunnel (ngrok, "
+        "cloudflared, ssh) asks for a password by default (generated, printed once with the link); "
+        "your own comes from COLAB_MAGICS_TUNNEL_AUTH=USER:PASSWORD, --auth-file PATH (USER:PASSWORD, "
+        "mode 0600) or --auth USER (asked on the terminal) — never from the command line, where ps "
+        "shows it to every user of the machine. --no-auth opts out.",
         ("colab-magics tunnel runs --provider ngrok",
+         "colab-magics tunnel runs --provider cloudflared --auth-file ~/.tensorboard-auth",
+         "colab-magics tunnel runs --provider local --auth me",
          "colab-magics tunnel runs --provider ssh --ssh me@myserver.example.com --remote-port 8080",
          "colab-magics tunnel runs --provider local -- --reload_interval 5"),
         foreground=True,
@@ -91,7 +101,10 @@ COMMANDS = {
     "run": Command(
         None, "Run a training command, archiving its run directory; final archive on exit/preemption.",
         "Run CMD while the newest checkpoint in RUN_DIR is archived to a bucket; archive once more when "
-        "it ends (preempted, killed or done) and exit with its code (128+N when signal N ended it).",
+        "it ends (preempted, killed or done) and exit with its code (128+N when signal N ended it). "
+        "Signals go on to CMD's process group; what still runs --final-timeout after the first is "
+        "killed (exit 137). Everything CMD starts, background jobs included, ends with it, and with "
+        "colab-magics run if that is killed.",
         ("colab-magics run runs/run1 gs://my-bucket/exp --every 10m --resume -- python train.py",
          "colab-magics --emulator run runs/run1 gs://local-bucket -- python train.py --epochs 3"),
     ),
@@ -146,7 +159,8 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
     command = COMMANDS[name]
     examples = "\n".join(f"  {line}" for line in command.examples)
-    parents = [getattr(ColabMagics, command.magic).parser] if command.magic else []
+    # a copy: options this parser redefines ("resolve") must not change the magic's own parser
+    parents = [copy.deepcopy(getattr(ColabMagics, command.magic).parser)] if command.magic else []
     parser = _Parser(
         prog=f"colab-magics {name}", description=textwrap.fill(command.description, 79),
         epilog=f"examples:\n{examples}" if examples else None, parents=parents, conflict_handler="resolve",
@@ -155,7 +169,114 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     )
     if name == "run":
         _run_arguments(parser)
+    if name == "tunnel":
+        _tunnel_auth_arguments(parser)
     return _global_options(parser)
+
+
+TUNNEL_AUTH_ENV = "COLAB_MAGICS_TUNNEL_AUTH"
+
+
+def _tunnel_auth_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tunnel's password, from where `ps` cannot see it (the magic's --auth USER:PASS is refused)."""
+    parser.add_argument("--auth", metavar="USER",
+                        help="Ask the URL for USER and a password you type (asked on the terminal). "
+                             "USER:PASSWORD is refused here: use --auth-file or " + TUNNEL_AUTH_ENV + ".")
+    parser.add_argument("--auth-file", metavar="PATH",
+                        help="A file holding USER:PASSWORD on its first line, readable by you only "
+                             "(chmod 600). Without --auth/--auth-file: " + TUNNEL_AUTH_ENV + "=USER:PASSWORD "
+                             "if set, else a generated password on public providers.")
+
+
+def _tunnel_argv(rest: list[str]) -> list[str]:
+    """The magic's argv for `colab-magics tunnel`, its credentials read from where the CLI takes them.
+
+    They go to the magic in this in-memory list only (a process's argv is what `ps` shows; this
+    list is not one). Misuse for a password on the command line or a bad source."""
+    try:
+        options = command_parser("tunnel").parse_args(rest)
+    except Misuse as exc:  # argparse quotes what it did not recognize: maybe `--au USER:PASSWORD`
+        words = str(exc).split(": ", 1)
+        if words[0] == "unrecognized arguments":
+            names = [token.split("=", 1)[0] for token in words[1].split() if token.startswith("-")]
+            raise Misuse(f"unrecognized arguments: {' '.join(names) or 'values'} (options are not "
+                         "abbreviated here, and their values are not repeated)") from None
+        raise
+    from_env = os.environ.pop(TUNNEL_AUTH_ENV, None)  # not handed down to TensorBoard or the agents
+    if options.auth is not None and ":" in options.auth:
+        raise Misuse(f"--auth USER:PASSWORD would show the password to every user of this machine (ps): "
+                     f"give --auth USER to be asked for it, --auth-file PATH, or set {TUNNEL_AUTH_ENV}=USER:PASSWORD")
+    if options.auth is not None and options.auth_file is not None:
+        raise Misuse("--auth and --auth-file: give one of them")
+    if options.no_auth and (options.auth is not None or options.auth_file is not None):
+        raise Misuse("--no-auth contradicts --auth/--auth-file: give one of them")
+    argv = _without_options(rest, ("--auth", "--auth-file"))
+    if options.list or options.stop or options.no_auth:
+        return argv
+    if options.auth_file is not None:
+        user, password = _auth_file(options.auth_file)
+    elif options.auth is not None:
+        user, password = options.auth, _ask_password(options.auth)
+    elif from_env:
+        user, password = _split_auth(from_env, TUNNEL_AUTH_ENV)
+    else:
+        return argv
+    return argv + ["--auth", f"{user}:{password}"]
+
+
+def _split_auth(text: str, where: str) -> tuple[str, str]:
+    user, sep, password = text.strip("\r\n").partition(":")
+    if not sep or not user or not password:
+        raise Misuse(f"{where} must hold USER:PASSWORD (both non-empty)")
+    return user, password
+
+
+def _auth_file(path: str) -> tuple[str, str]:
+    """USER:PASSWORD from the first line of a file that only its owner may read."""
+    import stat
+
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise Misuse(f"--auth-file {path} is not a file")
+        if info.st_mode & 0o077:
+            raise Misuse(f"--auth-file {path} is open to other users (mode {stat.S_IMODE(info.st_mode):04o}): "
+                         f"chmod 600 {path}")
+        with open(path, encoding="utf-8") as source:
+            first = source.readline()
+    except FileNotFoundError:
+        raise Misuse(f"--auth-file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Misuse(f"--auth-file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    return _split_auth(first, f"--auth-file {path}")
+
+
+def _ask_password(user: str) -> str:
+    import getpass
+
+    if not user:
+        raise Misuse("--auth takes a user name")
+    if not sys.stdin.isatty():
+        raise Misuse(f"--auth {user} asks for the password on a terminal, and stdin is not one: "
+                     f"use --auth-file PATH or set {TUNNEL_AUTH_ENV}=USER:PASSWORD")
+    password = getpass.getpass(f"Password the tunnel asks for (user {user}): ")
+    if not password:
+        raise Misuse("an empty password: give one, or --no-auth for none")
+    return password
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """`argv` without `NAME VALUE` / `NAME=VALUE` for each of `names` (exact names: no abbreviations
+    are accepted by the CLI's parsers)."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in names:
+            skip = True
+        elif not any(token.startswith(f"{name}=") for name in names):
+            kept.append(token)
+    return kept
 
 
 _RUN_USAGE = "colab-magics run RUN_DIR gs://BUCKET[/PREFIX] [options] -- CMD [ARGS...]"
@@ -240,6 +361,7 @@ def run(command: str, args: list[str], *, emulator: bool = False, project: str |
             return _run_supervised(args, emulator=emulator, project=project)
         return _run_magic(command, args, emulator=emulator, project=project)
     except KeyboardInterrupt:
+        print(f"colab-magics {command}: interrupted", file=sys.stderr)
         return 130
     finally:
         session.current().shutdown()
@@ -264,6 +386,11 @@ def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | 
     emulator, project = emulator or found.emulator, found.project or project
     if command == "auth":
         rest = (["--emulator"] if emulator else []) + ([project] if project else []) + rest
+    if command == "tunnel":
+        try:
+            rest = _tunnel_argv(rest)
+        except Misuse as exc:
+            return _misuse(command, str(exc))
     argv = rest + args[cut:]
     magics = ColabMagics(shell=None)  # the magic's parser and body, worded for a shell
     magics.dialect = words = dialect()
@@ -276,6 +403,7 @@ def _run_magic(command: str, args: list[str], *, emulator: bool, project: str | 
             print(result.table)
         elif COMMANDS[command].foreground and not _RETURNS_AT_ONCE & set(rest):
             _wait_for_interrupt(f"{command} running; press Ctrl-C to stop")
+            return 130  # stopped as asked: what it started ends in run()'s shutdown
     except UsageError as exc:
         if isinstance(exc.__cause__, ColabMagicsError) and not isinstance(exc.__cause__, BAD_ARGUMENTS):
             return _failure(command, exc)
@@ -344,6 +472,8 @@ def _describe_supervised(done, words) -> str:
         text += f"; newest step {summary.newest_step} is NOT archived"
     if summary.failures:
         text += f"; {summary.failures} failed attempt(s), last: {words.render(summary.last_error)}"
+    if done.killed:
+        text += f"; the command outlived --final-timeout ({done.final_timeout:g} s) after the signal and was killed"
     if summary.pending:
         text += (f"; the final archive did not finish within {done.final_timeout:g} s and was abandoned "
                  "(an unfinished upload leaves nothing in the bucket)")
@@ -374,6 +504,7 @@ def _failure(command: str, message: object) -> int:
 
 
 def _wait_for_interrupt(message: str) -> None:
+    """Until Ctrl-C or SIGTERM (either ends a foreground command, exit 130)."""
     print(message, file=sys.stderr, flush=True)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

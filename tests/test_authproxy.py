@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import logging
 import re
 import socket
+import struct
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,6 +24,7 @@ import pytest
 from colab_magics import authproxy, session, tensorboard, tunnels
 from colab_magics.authproxy import AuthProxy
 from colab_magics.tunnels import TunnelOptions
+from conftest import poll
 from tests.test_tensorboard import write_events
 from tests.test_tunnels import STANDINS, get, is_tensorboard_page, sshd, tb_port, trycloudflare  # noqa: F401  (fixtures)
 
@@ -82,19 +86,20 @@ def test_cloudflared_without_a_password_only_when_asked(tb_port, trycloudflare):
         tunnels.close_tunnel(tunnel)
 
 
-def test_magic_local_with_auth_shows_the_password_once_and_stop_ends_the_proxy(ip, tmp_path, capsys):
+def test_magic_local_with_auth_never_shows_the_given_password_and_stop_ends_the_proxy(ip, tmp_path, capsys):
     logdir = tmp_path / "runs"
     write_events(logdir / "run1")
 
     url = ip.run_line_magic("tensorboard_tunnel", f"{logdir} --provider local --auth ana:correct-horse")
     shown = capsys.readouterr().out
 
-    assert "Password: correct-horse" in shown
+    assert "Asks for user 'ana' and the password you gave." in shown
+    assert "correct-horse" not in shown  # the user knows it; a saved notebook's output need not
     assert_password_protected(url, ("ana", "correct-horse"))
     instance = tensorboard.running()[0]
     assert url != instance.url  # the link is the proxy, not TensorBoard
     assert ip.run_line_magic("tensorboard_tunnel", f"{logdir} --provider local --auth ana:correct-horse") == url
-    assert "correct-horse" not in capsys.readouterr().out  # shown once
+    assert "correct-horse" not in capsys.readouterr().out
     proxy_port = int(re.search(r":(\d+)/", url).group(1))
 
     ip.run_line_magic("tensorboard_tunnel", f"{logdir} --stop")
@@ -148,9 +153,14 @@ class _Upstream(BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # the proxy cut a big answer short: expected here
+        pass
+
+
 @pytest.fixture()
 def upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    server = _QuietServer(("127.0.0.1", 0), _Upstream)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Upstream.release.clear()
@@ -200,7 +210,7 @@ def test_request_bodies_go_through_and_keep_alive_is_kept(upstream):
 def test_the_proxy_listens_on_loopback_only_and_hides_the_password(upstream):
     proxy = authproxy.AuthProxy(upstream, "u", "hunter2-long").start()
     try:
-        assert proxy._server.server_address[0] == "127.0.0.1"
+        assert proxy.address[0] == "127.0.0.1" and proxy._listener.getsockname()[0] == "127.0.0.1"
         assert "hunter2-long" not in repr(proxy)
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(proxy.url, timeout=10)
@@ -223,3 +233,132 @@ def test_big_answers_one_after_another_on_one_connection(upstream):
         conn.close()
     finally:
         proxy.close()
+
+
+# --- what a flood and bad clients cost ------------------------------------------------------------
+def proxy_threads(proxy: AuthProxy) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"colab-magics-authproxy:{proxy.port}")]
+
+
+def idle_connections(port: int, count: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """What the proxy answers to `data` sent as is, read until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_flood_of_idle_connections_neither_grows_threads_nor_locks_out_the_user(tb_port):  # noqa: F811
+    proxy = AuthProxy(tb_port, "ana", "correct-horse").start()
+    flood = idle_connections(proxy.port, 300)
+    try:
+        held_until = time.monotonic() + 40  # the flood is held for 40 s; the user keeps using the page
+        answered = 0
+        while time.monotonic() < held_until:
+            status, body = get(proxy.url, ("ana", "correct-horse"), timeout=5)
+            assert status == 200 and is_tensorboard_page(body)
+            answered += 1
+            assert len(proxy_threads(proxy)) <= authproxy.WORKERS + 1  # the loop and the workers, nothing per connection
+            threading.Event().wait(0.2)  # pacing the user's requests, not waiting for anything
+        assert answered >= 40
+        assert proxy.connections() >= 300 - 5  # the idle ones are held (not yet idle for a minute) …
+        assert not any(closed_by_server(sock) for sock in flood[-10:])
+    finally:
+        for sock in flood:
+            sock.close()
+        proxy.close()
+    assert proxy_threads(proxy) == []  # close() ends them all
+
+
+def test_at_its_connection_limit_the_longest_idle_makes_room_for_the_user(tb_port):  # noqa: F811
+    proxy = AuthProxy(tb_port, "ana", "correct-horse", max_connections=50).start()
+    flood = idle_connections(proxy.port, 300)
+    try:
+        status, body = get(proxy.url, ("ana", "correct-horse"), timeout=10)
+        assert status == 200 and is_tensorboard_page(body)
+        poll(lambda: proxy.connections() <= 50, 10, message="the proxy at its limit")
+        assert closed_by_server(flood[0]) and not closed_by_server(flood[-1])  # the oldest went first
+    finally:
+        for sock in flood:
+            sock.close()
+        proxy.close()
+
+
+def test_idle_and_slow_connections_are_closed(upstream, monkeypatch):
+    monkeypatch.setattr(authproxy, "HEAD_TIMEOUT", 1.0)
+    proxy = AuthProxy(upstream, "u", "p", idle_timeout=1.0).start()
+    try:
+        idle = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        slow = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+        poll(lambda: closed_by_server(idle) and closed_by_server(slow), 15, message="both closed")
+        poll(lambda: proxy.connections() == 0, 5, message="nothing held")
+        idle.close()
+        slow.close()
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"400"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", b"400"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", b"400"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", b"411"),
+    (b"HELLO\r\n\r\n", b"400"),
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
+    (b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"b" * 70_000 + b"\r\n\r\n", b"431"),
+])
+def test_malformed_requests_get_a_4xx_and_no_traceback(upstream, capfd, request_bytes, status):
+    proxy = AuthProxy(upstream, "u", "p").start()
+    auth = b"Authorization: " + _auth_header("u", "p")["Authorization"].encode() + b"\r\n"
+    try:
+        answer = raw_request(proxy.port, request_bytes.replace(b"Host: x\r\n", b"Host: x\r\n" + auth))
+        first_line = answer.split(b"\r\n", 1)[0]  # an HTTP/0.9-looking request gets the page alone
+        assert first_line.startswith(b"HTTP/1.") and first_line.split(b" ")[1] == status \
+            or b"Error code: " + status in answer, answer[:300]
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)  # and the next one is served
+        conn.request("POST", "/echo", body=b"ok", headers=_auth_header("u", "p"))
+        assert conn.getresponse().read().decode() == hashlib.sha256(b"ok").hexdigest()
+        conn.close()
+    finally:
+        proxy.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_client_leaving_mid_answer_is_a_debug_line_not_a_traceback(upstream, capfd, caplog):
+    proxy = AuthProxy(upstream, "u", "p").start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="colab_magics.authproxy"):
+            for _ in range(3):
+                _Upstream.release.clear()
+                sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                             + _auth_header("u", "p")["Authorization"].encode() + b"\r\n\r\n")
+                sock.recv(65536)  # the answer has begun …
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()  # … and the client is gone (a reset, as a closed browser tab)
+                _Upstream.release.set()
+            poll(lambda: sum("ended" in r.getMessage() or "went away" in r.getMessage() for r in caplog.records) >= 1,
+                 20, message="the disconnect logged at debug level")
+        assert get(proxy.url, ("u", "p"))[0] in (200, 404, 501)  # still serving
+    finally:
+        proxy.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "ConnectionReset" not in err
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "colab_magics.authproxy")

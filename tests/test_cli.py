@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -17,6 +18,8 @@ from conftest import poll
 
 from colab_magics import mount, net
 from colab_magics.cli import COMMANDS
+from tests.test_tensorboard import write_events
+from tests.test_tunnels import get, sshd  # noqa: F401  (a fixture)
 
 ENTRY_POINT = shutil.which("colab-magics")  # installed by `pip install -e .`: missing is a failure, not a skip
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,8 +202,10 @@ def start_foreground(args: list[str], log: Path, env: dict) -> subprocess.Popen:
 
 
 def end_foreground(proc: subprocess.Popen, log: Path) -> None:
+    """SIGTERM ends a foreground command as Ctrl-C does: exit 130, one line at most, no traceback."""
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0, log.read_text()
+    assert proc.wait(timeout=60) == 130, log.read_text()
+    assert "Traceback" not in log.read_text()
 
 
 FUSE_OK = Path("/dev/fuse").exists() and os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("rclone")
@@ -224,8 +229,7 @@ def test_mount_at_a_path_with_spaces_quotes_and_dollar(bucket, emulator_host, tm
 
 def test_tunnel_for_a_logdir_with_spaces_quotes_and_dollar(tmp_path):
     pytest.importorskip("tensorboard")
-    from tests.test_tensorboard import write_events
-    from tests.test_tunnels import get, is_tensorboard_page
+    from tests.test_tunnels import is_tensorboard_page
 
     logdir = tmp_path / WEIRD
     write_events(logdir / "run1")
@@ -242,3 +246,206 @@ def test_tunnel_for_a_logdir_with_spaces_quotes_and_dollar(tmp_path):
         assert any(str(logdir) in " ".join(c) and "--reload_interval" in c for c in cmdlines)
     finally:
         end_foreground(proc, log)
+
+
+# --- the tunnel's password never on a command line ------------------------------------------------
+PASSWORD = "Sup3rS3cret-pw"
+
+
+def cmdlines() -> list[str]:
+    """Every other process's argv as `ps` shows it to any user of the machine."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(pid) != os.getpid():
+            found.append(line)
+    return found
+
+
+def started_for(path: Path) -> list[str]:
+    """The processes with `path` on their command line (TensorBoard for a LOGDIR)."""
+    return [line for line in cmdlines() if str(path) in line]
+
+
+def auth_file(tmp_path: Path, text: str = f"ana:{PASSWORD}\n", mode: int = 0o600, name: str = "tunnel-auth") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def serve_protected(logdir: Path, log: Path, args: list[str], env: dict) -> subprocess.Popen:
+    """`colab-magics tunnel LOGDIR ARGS` in the foreground; returns once its URL is printed."""
+    write_events(logdir / "run1")
+    proc = start_foreground(["tunnel", str(logdir), *args], log, {"TMPDIR": str(logdir.parent), **env})
+    poll(lambda: re.search(r"http://\S+", log.read_text()) or proc.poll() is not None, 120,
+         message="the tunnel's URL")
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def url_in(log: Path) -> str:
+    return re.search(r"http://\S+", log.read_text()).group(0).rstrip("/") + "/"
+
+
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_no_process_shows_the_tunnel_password_while_it_runs(tmp_path, source):
+    pytest.importorskip("tensorboard")
+    logdir, log = tmp_path / "runs", tmp_path / "tunnel.log"
+    args, env = ["--provider", "local"], {}
+    if source == "environment":
+        env["COLAB_MAGICS_TUNNEL_AUTH"] = f"ana:{PASSWORD}"
+    else:
+        args += ["--auth-file", str(auth_file(tmp_path))]
+    proc = serve_protected(logdir, log, args, env)
+    try:
+        url = url_in(log)
+        assert get(url)[0] == 401 and get(url, ("ana", PASSWORD))[0] == 200
+        assert started_for(logdir)  # TensorBoard runs, with LOGDIR on its command line …
+        assert not [line for line in cmdlines() if PASSWORD in line]  # … and no process shows the password
+        tensorboard_pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        for pid in tensorboard_pids:  # nor hands it down in the environment
+            assert PASSWORD not in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        assert PASSWORD not in log.read_text()  # a password the user chose is not printed back
+        assert "Asks for user 'ana' and the password you gave." in log.read_text()
+    finally:
+        end_foreground(proc, log)
+    assert started_for(logdir) == []
+
+
+@pytest.mark.ssh
+def test_no_process_shows_the_tunnel_password_through_an_ssh_forward(tmp_path, sshd):  # noqa: F811
+    pytest.importorskip("tensorboard")
+    logdir, log = tmp_path / "runs", tmp_path / "tunnel.log"
+    proc = serve_protected(logdir, log, ["--provider", "ssh", "--ssh", sshd["target"], "--ssh-key", str(sshd["key"]),
+                                         "--auth-file", str(auth_file(tmp_path))],
+                           {"COLAB_MAGICS_SSH_KNOWN_HOSTS": str(sshd["known_hosts"])})
+    try:
+        url = url_in(log)
+        assert get(url)[0] == 401 and get(url, ("ana", PASSWORD))[0] == 200
+        assert any(" -R " in line for line in cmdlines())  # ssh -N -R … runs
+        assert not [line for line in cmdlines() if PASSWORD in line]
+    finally:
+        end_foreground(proc, log)
+    assert started_for(logdir) == []
+
+
+def test_the_tunnel_password_asked_on_the_terminal(tmp_path):
+    """`--auth ana` on a terminal: a prompt, no echo, and the tunnel asks for what was typed."""
+    import fcntl
+    import pty
+    import select
+    import termios
+
+    pytest.importorskip("tensorboard")
+    logdir = tmp_path / "runs"
+    write_events(logdir / "run1")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([ENTRY_POINT, "tunnel", str(logdir), "--provider", "local", "--auth", "ana"],
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+                            env=environment({"TMPDIR": str(tmp_path)}))
+    os.close(slave)
+    seen = bytearray()
+
+    def read_until(pattern: bytes, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(pattern, seen)):
+            assert time.monotonic() < deadline and proc.poll() is None, seen.decode(errors="replace")
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen.extend(os.read(master, 4096))
+                except OSError:  # the terminal closed
+                    pass
+        return found
+
+    try:
+        read_until(rb"Password the tunnel asks for \(user ana\): ", 60)
+        os.write(master, PASSWORD.encode() + b"\n")
+        url = read_until(rb"http://\S+", 120).group(0).decode().rstrip("/") + "/"
+        assert get(url)[0] == 401 and get(url, ("ana", PASSWORD))[0] == 200
+        assert PASSWORD.encode() not in seen  # not echoed, not printed back
+        assert not [line for line in cmdlines() if PASSWORD in line]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+    assert started_for(logdir) == []
+
+
+@pytest.mark.parametrize("case, args, env, message", [
+    ("on the command line", ["--auth", f"ana:{PASSWORD}"], {},
+     "--auth USER:PASSWORD would show the password to every user of this machine (ps): give --auth USER to be "
+     "asked for it, --auth-file PATH, or set COLAB_MAGICS_TUNNEL_AUTH=USER:PASSWORD"),
+    ("as --auth=", [f"--auth=ana:{PASSWORD}"], {}, "would show the password to every user"),
+    ("abbreviated", ["--au", f"ana:{PASSWORD}"], {}, "unrecognized arguments"),
+    ("no terminal to ask", ["--auth", "ana"], {}, "--auth ana asks for the password on a terminal, and stdin is not one"),
+    ("file open to others", ["--auth-file", "{open_file}"], {}, "is open to other users (mode 0644): chmod 600"),
+    ("file missing", ["--auth-file", "{missing}"], {}, "does not exist"),
+    ("file without a password", ["--auth-file", "{user_only}"], {}, "must hold USER:PASSWORD"),
+    ("both", ["--auth", "ana", "--auth-file", "{good}"], {}, "--auth and --auth-file: give one of them"),
+    ("and --no-auth", ["--no-auth", "--auth-file", "{good}"], {}, "--no-auth contradicts --auth/--auth-file"),
+    ("bad environment", [], {"COLAB_MAGICS_TUNNEL_AUTH": "ana"}, "COLAB_MAGICS_TUNNEL_AUTH must hold USER:PASSWORD"),
+])
+def test_tunnel_password_refusals_are_one_line_and_start_nothing(tmp_path, case, args, env, message):
+    files = {"open_file": auth_file(tmp_path, mode=0o644, name="open"), "missing": tmp_path / "nope",
+             "user_only": auth_file(tmp_path, "ana\n", name="user-only"), "good": auth_file(tmp_path, name="good")}
+    logdir = tmp_path / "runs"
+    argv = ["tunnel", str(logdir), "--provider", "local", *(a.format(**files) for a in args)]
+
+    result = cli(*argv, env=env)
+
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith("colab-magics tunnel: error: ") and line.endswith("(see  colab-magics tunnel --help)")
+    assert message in line and PASSWORD not in line
+    assert result.stdout == "" and started_for(logdir) == []
+
+
+# --- exit codes as the README lists them ----------------------------------------------------------
+def test_ctrl_c_is_exit_130_with_one_line(tmp_path):
+    """A `list` waiting on an endpoint that never answers, interrupted: 130, one line, no traceback."""
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.settimeout(0.2)
+    env = environment({"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                       "COLAB_MAGICS_RETRY_DEADLINE": "300"})
+    proc = subprocess.Popen([ENTRY_POINT, "list", "gs://some-bucket"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+    accepted = []
+
+    def asked() -> bool:
+        try:
+            accepted.append(silent.accept()[0])
+        except TimeoutError:
+            pass
+        return bool(accepted) or proc.poll() is not None
+
+    try:
+        poll(asked, 60, message="the request to the silent endpoint")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for sock in accepted + [silent]:
+            sock.close()
+    assert proc.returncode == 130
+    assert one_line(err) == "colab-magics list: interrupted" and out == ""
+
+
+def test_ctrl_c_ends_a_foreground_tunnel_with_130_and_leaves_nothing(tmp_path):
+    pytest.importorskip("tensorboard")
+    logdir, log = tmp_path / "runs", tmp_path / "tunnel.log"
+    proc = serve_protected(logdir, log, ["--provider", "local"], {})
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, log.read_text()
+    assert "Traceback" not in log.read_text() and started_for(logdir) == []

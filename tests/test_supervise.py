@@ -115,6 +115,123 @@ def test_the_command_ends_when_the_supervisor_is_killed(job, bucket):
          message="the command ended with its supervisor")
 
 
+# --- the whole process tree --------------------------------------------------------------------
+TREE = r"""
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # deaf to SIGTERM, and so to a parent-death SIGTERM
+child = subprocess.Popen(["sleep", "7777"])
+daemon = subprocess.Popen(["sleep", "7778"], start_new_session=True)  # left the command's session
+open(sys.argv[1] + ".tmp", "w").write(f"{os.getpid()} {child.pid} {daemon.pid}")
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(3600)
+"""
+
+DEAF = r"""
+import os, signal, sys, time
+from pathlib import Path
+signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
+run_dir = Path(sys.argv[1])
+run_dir.mkdir(parents=True, exist_ok=True)
+for step in (1, 2, 3):
+    (run_dir / f"step-{step}.pt").write_bytes(os.urandom(64 * 1024))
+Path(os.environ["MARKER"]).write_text(str(os.getpid()))
+time.sleep(3600)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def kill_all(pids) -> None:
+    for pid in pids:
+        if not gone(pid):
+            psutil.Process(pid).kill()
+
+
+def test_nothing_of_the_tree_survives_a_sigkill_of_the_supervisor(job, bucket, tmp_path):
+    """bash → python (deaf to SIGTERM) → sleep, and a daemon in a session of its own: all of it dies
+    with the supervisor, whose handlers never run."""
+    script, pids = tmp_path / "tree.py", tmp_path / "pids"
+    script.write_text(TREE)
+    proc = job.start(f"gs://{bucket.name}", "--every", "1h",
+                     command=["bash", "-c", f"{sys.executable} {script} {pids}; echo after"])
+    poll(pids.exists, 30, message="the tree started")
+    tree = psutil.Process(proc.pid).children(recursive=True)  # the watchdog, bash, python and both sleeps
+    names = sorted(p.name() for p in tree)
+    try:
+        assert {int(pid) for pid in pids.read_text().split()} <= {p.pid for p in tree}, names
+
+        proc.kill()
+        proc.wait(timeout=10)
+
+        poll(lambda: all(gone(p.pid) for p in tree), 20, message=f"every process of the tree ending: {names}")
+    finally:
+        kill_all(p.pid for p in tree)
+
+
+def test_a_background_job_left_by_the_command_is_ended_when_it_exits(job, bucket, tmp_path):
+    pids = tmp_path / "pids"
+    code = job.run(f"gs://{bucket.name}", "--every", "1h", command=[
+        "bash", "-c", f"sleep 7777 & echo $! >> {pids}; setsid sleep 7778 & echo $! >> {pids}; exit 0"])
+    left = [int(pid) for pid in pids.read_text().split()]
+    try:
+        assert code == 0, job.errors()
+        assert all(gone(pid) for pid in left)  # ended before the supervisor exited, not after
+        assert "the command left 2 process(es) running: ended them (SIGTERM)" in job.errors()
+    finally:
+        kill_all(left)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_command_deaf_to_sigterm_is_killed_after_the_final_timeout_and_archived(job, bucket, tmp_path, signals):
+    script = tmp_path / "deaf.py"
+    script.write_text(DEAF)
+    proc = job.start(f"gs://{bucket.name}", "--every", "1h", "--final-timeout", "5s",
+                     command=[sys.executable, str(script), str(job.run_dir)])
+    poll(job.marker.exists, 30, message="the command's checkpoints")
+    command = int(job.marker.read_text())
+
+    for _ in range(signals):  # a second SIGTERM does not restart the countdown
+        proc.send_signal(signal.SIGTERM)
+        poll(lambda: job.output().count("SIGTERM ignored") >= _ + 1, 10, message="the command's handler")
+
+    assert proc.wait(timeout=60) == 128 + signal.SIGKILL, job.errors()
+    assert gone(command)
+    assert "run1.3.zip" in names(bucket), job.errors()  # the final archive was made anyway
+    assert "the command did not end within 5 s of SIGTERM: killing it (SIGKILL)" in job.errors()
+    assert "last step 3: " in job.errors()
+
+
+def test_the_python_api_leaves_the_process_as_it_found_it(job, bucket, tmp_path):
+    """`supervise.run` twice from a script: then SIGTERM does what it did before (nothing of ours is
+    left installed), and the process is no longer a child subreaper."""
+    script = tmp_path / "twice.py"
+    script.write_text(f"""
+import ctypes, signal, sys
+from colab_magics import supervise
+from colab_magics.settings import Settings
+for _ in range(2):
+    done = supervise.run({str(job.run_dir)!r}, "gs://{bucket.name}", ["true"], every="1h",
+                         settings=Settings(progress=False))
+    assert done.code == 0, done
+flag = ctypes.c_int(-1)
+ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+defaults = (signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+print("subreaper", flag.value, "default handlers", defaults, flush=True)
+signal.raise_signal(signal.SIGTERM)
+print("still alive")
+""")
+    proc = subprocess.run([sys.executable, str(script)], env=job.env, capture_output=True, text=True, timeout=120)
+
+    assert "subreaper 0 default handlers True" in proc.stdout, proc.stderr
+    assert proc.returncode == -signal.SIGTERM and "still alive" not in proc.stdout
+
+
 def test_the_commands_exit_code_is_ours_after_a_final_archive(job, bucket, tmp_path):
     code = job.run(f"gs://{bucket.name}", "--every", "1h", steps=3, code=3)
 

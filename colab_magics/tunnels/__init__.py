@@ -39,6 +39,7 @@ class Tunnel:
     notes: tuple[str | Words, ...] = ()
     inline: bool = False  # the notebook can show the port inside the cell's output (Colab)
     proxy: object | None = field(default=None, compare=False, repr=False)  # authproxy.AuthProxy, if any
+    password_given: bool = False  # the user chose the password (never shown back); else generated
 
     closes_at = session.CLOSES_AT["tunnel"]
 
@@ -184,6 +185,8 @@ def open_tunnel(provider: str, port: int, options: TunnelOptions | None = None,
         tunnel = module.open(port, options)
     else:
         tunnel = _open_behind_proxy(module, port, options)
+    if tunnel.protected and options.auth is not None:
+        tunnel = replace(tunnel, password_given=True)
     session.current().track(tunnel, tunnel.key)
     return tunnel
 
@@ -201,10 +204,13 @@ def _open_behind_proxy(module, port: int, options: TunnelOptions) -> Tunnel:
 
 
 def describe(opened: Tunnel | Reopened) -> list[str | Words]:
-    """The lines shown under a tunnel's link: credentials only when it was just opened."""
+    """The lines shown under a tunnel's link: a generated password only when it was just opened; one
+    the user chose is never shown back (output gets saved and shared)."""
     tunnel = opened.tunnel if isinstance(opened, Reopened) else opened
     lines = []
-    if tunnel.protected and isinstance(opened, Reopened):
+    if tunnel.protected and tunnel.password_given:
+        lines.append(f"Asks for user {tunnel.auth_user!r} and the password you gave.")
+    elif tunnel.protected and isinstance(opened, Reopened):
         lines.append(Words(f"Asks for user {tunnel.auth_user!r} and the password shown when it was opened (",
                            Param("stop", True), ", then run again, for a new one)."))
     elif tunnel.protected:
