@@ -505,7 +505,7 @@ def test_colab_tunnel_from_a_shell_command_is_local_with_one_line_naming_public_
         code = proc.wait(timeout=60)
     text = log.read_text()
 
-    assert code == 0, text
+    assert code == 130, text  # a foreground command ended by SIGTERM, as the README lists
     assert "http://127.0.0.1:" in text and "Traceback" not in text
     assert "Javascript object" not in text  # nothing was "displayed" where no notebook can show it
     note, = [line for line in text.splitlines() if "not the notebook's kernel" in line]
