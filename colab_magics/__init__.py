@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "sign_in": "auth",
     "save_run": "runs",
+    "plan_save": "runs",
     "load_run": "runs",
     "list_archives": "runs",
     "resume": "runs",

@@ -63,14 +63,14 @@ COMMANDS = {
     ),
     "list": Command(
         "gcs_list", "List the archives under gs://BUCKET[/PREFIX] and its sub-prefixes.",
-        "List the archives under LOCATION and every prefix below it: prefix, run, step, size, time, URL.",
+        "List the archives under DESTINATION and every prefix below it: prefix, run, step, size, time, URL.",
         ("colab-magics list gs://my-bucket", "colab-magics list gs://my-bucket/experiments run1"),
     ),
     "cleanup": Command(
         "gcs_cleanup", "Delete the temporary parts interrupted parallel saves left in a bucket.",
         "A save of 64 MiB or more uploads its archive as parts under PREFIX/.colab_magics-parts/ and "
         "composes them into RUN.STEP.zip; a killed save leaves them behind. The next save to that prefix "
-        "removes those older than 6 hours; this removes every one under LOCATION and the prefixes below "
+        "removes those older than 6 hours; this removes every one under DESTINATION and the prefixes below "
         "it now (a save running right now then fails, leaving nothing).",
         ("colab-magics cleanup gs://my-bucket", "colab-magics cleanup gs://my-bucket/experiments"),
     ),

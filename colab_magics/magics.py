@@ -263,7 +263,7 @@ class ColabMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("location", help="gs://BUCKET[/PREFIX]")
+    @argument("destination", help="gs://BUCKET[/PREFIX] the runs are archived under.")
     @argument("run", nargs="?", help="Only this run's archives.")
     @expected_errors
     def gcs_list(self, line: str | Sequence[str] = ""):
@@ -282,16 +282,16 @@ class ColabMagics(Magics):
         from colab_magics.display import Table, TableList, human_size
 
         args, _ = parse(self.gcs_list, line)
-        archives = runs.list_archives(args.location, args.run, recursive=True, deadline=self.retry_deadline)
-        asked = storage.parse_url(args.location).path
+        archives = runs.list_archives(args.destination, args.run, recursive=True, settings=self.settings())
+        asked = storage.parse_url(args.destination).path
         rows = [(_relative(a.prefix, asked), a.run, _step_text(a), human_size(a.size), _when(a.updated), a.url)
                 for a in archives]
         return self._listed(TableList(archives, Table(["prefix", "run", "step", "size", "updated", "url"], rows,
-                                                      empty=f"no archives under {args.location}")))
+                                                      empty=f"no archives under {args.destination}")))
 
     @line_magic
     @magic_arguments()
-    @argument("location", help="gs://BUCKET[/PREFIX]: the parts folders there and under every prefix below it.")
+    @argument("destination", help="gs://BUCKET[/PREFIX]: the parts folders there and under every prefix below it.")
     @expected_errors
     def gcs_cleanup(self, line: str | Sequence[str] = ""):
         """Delete now the temporary parts that interrupted parallel saves left under a bucket prefix
@@ -310,7 +310,7 @@ class ColabMagics(Magics):
         from colab_magics import runs
 
         args, _ = parse(self.gcs_cleanup, line)
-        result = runs.remove_debris(args.location, settings=self.settings())
+        result = runs.remove_debris(args.destination, settings=self.settings())
         print(f"Removed {len(result.removed)} part(s) left by interrupted saves under {result.url}")
         return len(result.removed)
 

@@ -217,7 +217,7 @@ def save_run(
         return Saved(target.url, run, ckpt.step, "raced", "written by another saver meanwhile",
                      step_from=ckpt.step_from)
     deleted = prune(location, run, keep, client=client, protect=target.url, spare_unless=known,
-                    deadline=settings.retry_deadline) if keep else ()
+                    settings=settings) if keep else ()
     return Saved(target.url, run, ckpt.step, size=size, files=len(files), checkpoint=ckpt.path,
                  seconds=time.monotonic() - started, deleted=deleted, step_from=ckpt.step_from, reread=reread,
                  left_out_older=plan.left_out_count("older"),
@@ -248,12 +248,12 @@ def _planned_target(run_dir, destination: str, *, step, events, fmt, run_name, e
     return plan, location, run, target
 
 
-def remove_debris(location: str, *, settings: Settings | None = None, client=None) -> "composite.Cleaned":
+def remove_debris(destination: str, *, settings: Settings | None = None, client=None) -> "composite.Cleaned":
     """Delete, now, the temporary parts that parallel saves left under gs://BUCKET[/PREFIX] and every
     prefix below it (a killed save's; the next save to a prefix removes those older than
     `composite.PARTS_MAX_AGE` itself). The parts of a save running now go too: that save then fails."""
     settings = effective(settings)
-    loc = storage.parse_url(location)
+    loc = storage.parse_url(destination)
     client = client or auth.storage_client()
     storage.require_bucket(client, loc, settings.retry_deadline)
     return composite.remove_debris(client, loc, deadline=settings.retry_deadline)
@@ -330,7 +330,7 @@ def _same_content(existing, members, identity: set[str], settings: Settings) -> 
 def _archived(location: storage.GcsPath, run: str, client, settings: Settings) -> frozenset:
     """(name, generation) of the run's archives now: retention after this save deletes only among these."""
     return frozenset((a.name, a.generation) for a in
-                     list_archives(location, run, client=client, deadline=settings.retry_deadline))
+                     list_archives(location, run, client=client, settings=settings))
 
 
 def _upload(bucket, target: storage.GcsPath, location: storage.GcsPath, members: list[ziplayout.Member],
@@ -425,11 +425,12 @@ def _upload_archive(blob, members: list[ziplayout.Member], started: float, comme
 
 
 # --- list and prune -----------------------------------------------------------------------------
-def list_archives(location: str | storage.GcsPath, run: str | None = None, *, recursive: bool = False,
-                  client=None, deadline: float = storage.RETRY_DEADLINE) -> list[ArchiveInfo]:
-    """Archives directly under `location` (with `recursive`, under its sub-prefixes too), by prefix,
+def list_archives(destination: str | storage.GcsPath, run: str | None = None, *, recursive: bool = False,
+                  settings: Settings | None = None, client=None) -> list[ArchiveInfo]:
+    """Archives directly under `destination` (with `recursive`, under its sub-prefixes too), by prefix,
     run, then oldest upload first."""
-    loc = storage.parse_url(location) if isinstance(location, str) else location
+    deadline = effective(settings).retry_deadline
+    loc = storage.parse_url(destination) if isinstance(destination, str) else destination
     client = client or auth.storage_client()
     prefix = f"{loc.path}/" if loc.path else ""
     if run and not recursive:
@@ -451,9 +452,9 @@ def list_archives(location: str | storage.GcsPath, run: str | None = None, *, re
     return sorted(found, key=lambda a: (a.prefix, a.run, a.recency))
 
 
-def prune(location: storage.GcsPath, run: str, keep: int, *, client=None,
+def prune(destination: storage.GcsPath, run: str, keep: int, *, client=None,
           protect: str | None = None, spare_unless: frozenset | None = None,
-          deadline: float = storage.RETRY_DEADLINE) -> tuple[str, ...]:
+          settings: Settings | None = None) -> tuple[str, ...]:
     """Delete all but the `keep` most recently uploaded archives of `run`, never `protect` (the URL
     a save just wrote); return the deleted URLs. An archive replaced or deleted meanwhile is left alone.
 
@@ -462,13 +463,14 @@ def prune(location: storage.GcsPath, run: str, keep: int, *, client=None,
     """
     from google.api_core.exceptions import NotFound, PreconditionFailed
 
+    deadline = effective(settings).retry_deadline
     client = client or auth.storage_client()
-    archives = list_archives(location, run, client=client, deadline=deadline)
+    archives = list_archives(destination, run, client=client, settings=settings)
     doomed = [a for a in archives[: max(len(archives) - keep, 0)] if a.url != protect
               and (spare_unless is None or (a.name, a.generation) in spare_unless)]
-    bucket = client.bucket(location.bucket)
+    bucket = client.bucket(destination.bucket)
     deleted = []
-    with storage.translated_errors(location, "delete old archives in"):
+    with storage.translated_errors(destination, "delete old archives in"):
         for info in doomed:
             try:
                 bucket.blob(info.name).delete(if_generation_match=info.generation, **storage.request_options(deadline))
@@ -479,13 +481,15 @@ def prune(location: storage.GcsPath, run: str, keep: int, *, client=None,
 
 
 # --- load ---------------------------------------------------------------------------------------
-def resolve_archive(source: str, *, step: int | None = None, client=None,
-                    deadline: float = storage.EXISTS_CHECK_DEADLINE) -> ArchiveInfo:
+def resolve_archive(source: str, *, step: int | None = None, settings: Settings | None = None,
+                    client=None) -> ArchiveInfo:
     """An archive URL as is, or a run URL (`gs://b/prefix/run1`) → its most recently uploaded
     archive, or with `step` its (most recent) archive of that step.
 
-    The bucket is checked first (one request), so a missing bucket is named as such.
+    The bucket is checked first (one request, at most `storage.EXISTS_CHECK_DEADLINE`), so a missing
+    bucket is named as such.
     """
+    deadline = effective(settings).retry_deadline
     loc = storage.parse_url(source)
     client = client or auth.storage_client()
     name = loc.path.rsplit("/", 1)[-1]
@@ -501,7 +505,7 @@ def resolve_archive(source: str, *, step: int | None = None, client=None,
         return ArchiveInfo(loc.url, match.group("run"), int(match.group("step")), 0, None, loc.path,
                            loc.parent.path, "mtime" if match.group("mtime") else "name")
     parent = loc.parent
-    archives = list_archives(parent, name, client=client, deadline=deadline)
+    archives = list_archives(parent, name, client=client, settings=settings)
     if not archives:
         raise ArchiveNotFound(f"no archives of run {name!r} under {parent}: ", do("list", parent.url),
                               " shows what is there")
@@ -523,7 +527,7 @@ def load_run(source: str, target_dir, *, step: int | None = None, settings: Sett
     settings = effective(settings)
     check_streams(settings.streams)
     client = client or auth.storage_client()
-    info = resolve_archive(source, step=step, client=client, deadline=settings.retry_deadline)
+    info = resolve_archive(source, step=step, client=client, settings=settings)
     return _restore(info, Path(target_dir).expanduser(), settings, client)
 
 
@@ -588,7 +592,7 @@ def resume(run_dir, destination: str, *, settings: Settings | None = None, clien
     run = checkpoints.run_name(target)
     client = client or auth.storage_client()
     storage.require_bucket(client, location, settings.retry_deadline)
-    archives = list_archives(location, run, client=client, deadline=settings.retry_deadline)
+    archives = list_archives(location, run, client=client, settings=settings)
     if not archives:
         return FreshStart(run, location.url, target)
     return _restore(latest(archives), target, settings, client)

@@ -57,6 +57,8 @@ BLOCKS = {
     "training callbacks": r"\Afrom colab_magics.callbacks import",
     "the command line": r"\Acolab-magics --emulator save",
     "migrating from colab_utils": r"\Aimport colab_magics.gcloud\n",
+    "public API": r"\Afrom colab_magics import \(sign_in",
+    "tunnel passwords in a shell": r"\Aexport COLAB_MAGICS_TUNNEL_AUTH=",
 }
 
 # what cannot run here, and why (a block, or a line of a block)
@@ -69,6 +71,9 @@ NOT_HERE = {
                                               "(test_cli.py runs a foreground mount and ends it)",
     "colab-magics tunnel runs --provider ngrok": "stays in the foreground until Ctrl-C "
                                                  "(test_cli.py runs a foreground tunnel and ends it)",
+    "tunnel passwords in a shell": "foreground tunnels until Ctrl-C; test_cli.py runs them with the password "
+                                   "from the environment, a 0600 file and the terminal, and reads every "
+                                   "process's command line meanwhile",
 }
 FUSE_ONLY = "needs FUSE and rclone, missing here"
 
@@ -465,6 +470,20 @@ def test_the_command_line(content, buckets, emulator_host):
     assert any("exp/run1.1000.zip" in r.stdout for r in results)  # the list
     assert names_in(buckets["my-bucket"]) >= {"exp/my run.7.zip", "exp/run1.1000.zip", "exp/run1.1001.zip"}
     pytest.skip("; ".join(reasons))
+
+
+def test_tunnel_passwords_in_a_shell():
+    pytest.skip(NOT_HERE["tunnel passwords in a shell"])
+
+
+def test_the_public_api_block_imports_what_it_names():
+    names: dict = {}
+    exec(block("public API"), names)  # the callbacks' libraries are imported here, on first use
+
+    import colab_magics
+
+    assert {n for n in names if not n.startswith("__")} == set(colab_magics.__all__) - {
+        "load_ipython_extension", "unload_ipython_extension"}
 
 
 def test_migrating_from_colab_utils(content, buckets):
