@@ -460,24 +460,13 @@ def _with_streams(streams: int | None):
 
 
 def _describe_supervised(done, words) -> str:
-    summary = done.summary
-    if summary.skipped:
-        return f"archiving skipped: {summary.skipped}"
-    text = f"archived {summary.archives} checkpoint(s) of {summary.run} to {summary.destination}"
-    if summary.last_url:
-        text += f"; last step {summary.last_step}: {summary.last_url}"
-    else:
-        text += "; nothing archived yet" if summary.pending else "; no checkpoint found"
-    if summary.newest_step is not None and summary.newest_step != summary.last_step:
-        text += f"; newest step {summary.newest_step} is NOT archived"
-    if summary.failures:
-        text += f"; {summary.failures} failed attempt(s), last: {words.render(summary.last_error)}"
-    if done.killed:
-        text += f"; the command outlived --final-timeout ({done.final_timeout:g} s) after the signal and was killed"
-    if summary.pending:
-        text += (f"; the final archive did not finish within {done.final_timeout:g} s and was abandoned "
-                 "(an unfinished upload leaves nothing in the bucket)")
-    return text
+    from colab_magics.magics import describe_archiving
+
+    killed = (f"the command outlived --final-timeout ({done.final_timeout:g} s) after the signal and was killed",)
+    text = describe_archiving(done.summary, words, more=killed if done.killed else (),
+                              pending=f"the final archive did not finish within {done.final_timeout:g} s and was "
+                                      "abandoned (an unfinished upload leaves nothing in the bucket)")
+    return text[0].lower() + text[1:]
 
 
 def _log_to_stderr(prefix: str) -> None:

@@ -489,7 +489,7 @@ class ColabMagics(Magics):
         try:
             return self._exec_cell(self.shell, cell, f"%%gcs_archive {line}")
         finally:
-            print(self._describe_archiving(worker.stop(final=True), self.dialect))
+            print(describe_archiving(worker.stop(final=True), self.dialect))
 
     @expected_errors
     def _start_archiver(self, line: str):
@@ -519,7 +519,7 @@ class ColabMagics(Magics):
         if args.stop:
             summaries = archiver.stop_background(args.run_dir)
             for summary in summaries:
-                print(self._describe_archiving(summary, self.dialect))
+                print(describe_archiving(summary, self.dialect))
             if not summaries:
                 print("No background archiving to stop")
             return None
@@ -578,20 +578,24 @@ class ColabMagics(Magics):
             return eval(shell.compile(last, name, "eval"), shell.user_global_ns, shell.user_ns)
         return None
 
-    @staticmethod
-    def _describe_archiving(summary, dialect: Dialect) -> str:
-        if summary.skipped:
-            return f"Archiving skipped: {summary.skipped}"
-        text = f"Archived {summary.archives} checkpoint(s) of {summary.run} to {summary.destination}"
-        text += f"; last step {summary.last_step}: {summary.last_url}" if summary.last_url else "; no checkpoint found"
-        if summary.newest_step is not None and summary.newest_step != summary.last_step:
-            text += f"; newest step {summary.newest_step} is NOT archived"
-        if summary.failures:
-            text += f"; {summary.failures} failed attempt(s), last: {dialect.render(summary.last_error)}"
-        if summary.pending:
-            text += "; the final archive is still running in the background"
-        return text
 
+def describe_archiving(summary, dialect: Dialect, *, more: tuple[str, ...] = (),
+                       pending: str = "the final archive is still running in the background") -> str:
+    """An archiver's summary in one line (the magics' and `colab-magics run`'s): what went up, what
+    did not, the last failure in `dialect`'s words, then `more` and, when it applies, `pending`."""
+    if summary.skipped:
+        return f"Archiving skipped: {summary.skipped}"
+    text = f"Archived {summary.archives} checkpoint(s) of {summary.run} to {summary.destination}"
+    if summary.last_url:
+        text += f"; last step {summary.last_step}: {summary.last_url}"
+    else:
+        text += "; nothing archived yet" if summary.pending else "; no checkpoint found"
+    if summary.newest_step is not None and summary.newest_step != summary.last_step:
+        text += f"; newest step {summary.newest_step} is NOT archived"
+    if summary.failures:
+        text += f"; {summary.failures} failed attempt(s), last: {dialect.render(summary.last_error)}"
+    text += "".join(f"; {note}" for note in more)
+    return text + (f"; {pending}" if summary.pending else "")
 
 
 def _relative(prefix: str, asked: str) -> str:
