@@ -108,6 +108,15 @@ def bucket(gcs):
     return gcs.create_bucket(name)
 
 
+@pytest.fixture(scope="module")
+def hf():
+    """transformers and torch (with accelerate, which Trainer needs), or a skip naming the missing one."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    return transformers, torch
+
+
 @pytest.fixture(scope="session")
 def shell():
     from IPython.core.interactiveshell import InteractiveShell

@@ -39,14 +39,6 @@ def test_importing_the_callbacks_module_imports_no_library():
 
 
 # --- Hugging Face ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hf():
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("accelerate")
-    return transformers, torch
-
-
 def hf_trainer(hf, output_dir, max_steps: int, callbacks):
     transformers, torch = hf
     torch.manual_seed(0)

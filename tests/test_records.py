@@ -57,14 +57,6 @@ def reset_and_restore(run_dir: Path, url: str) -> runs.Restored:
 
 
 # --- Hugging Face: the best checkpoint the Trainer keeps -------------------------------------------
-@pytest.fixture(scope="module")
-def hf():
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("accelerate")
-    return transformers, torch
-
-
 SCORES = {2: 0.9, 4: 0.1, 6: 0.2, 8: 0.3, 10: 0.05}  # the score each evaluation reports: step 2 is the best
 
 
