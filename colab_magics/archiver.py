@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from colab_magics import auth, checkpoints, chief, runs, session, storage
+from colab_magics import auth, checkpoints, chief, packing, runs, session, storage
 from colab_magics.errors import (
     AlreadyArchiving,
     ColabMagicsError,
@@ -374,14 +374,15 @@ class Archiver:
 
 
 def _signature(files) -> tuple:
-    out = []
-    for path in files:
-        try:
-            st = path.stat()
-        except OSError:
-            return ()
-        out.append((path.name, st.st_size, st.st_mtime_ns))
-    return tuple(out)
+    """What two polls compare to call a step settled: each file's name, size and mtime (not its
+    ctime or link count, which a save's hard-link snapshot moves); () while one is missing."""
+    try:
+        seen = packing.signatures(files)
+    except OSError:  # unreadable now (a saver mid-rotation): not settled
+        return ()
+    if None in seen.values():
+        return ()
+    return tuple((path.name, sig.size, sig.mtime_ns) for path, sig in seen.items())
 
 
 def _replace(summary: ArchiveSummary, **changes) -> ArchiveSummary:
