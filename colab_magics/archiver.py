@@ -283,7 +283,8 @@ class Archiver:
         if ckpt is None or ckpt.step in self._done:
             return
         step = ckpt.step
-        if settle:  # a step counts once its files looked the same on two polls: not half-written
+        if settle and not ckpt.designated:  # a step counts once its files looked the same on two polls: not
+            # half-written (a step a framework's pointer names is whole already: TF saves faster than we poll)
             signature = (ckpt.step, _signature(ckpt.files))
             previous, self._candidate = self._candidate, signature
             if signature != previous:

@@ -35,6 +35,7 @@ file's mtime. The walk is one `os.scandir` pass with no per-file stat.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import json
@@ -110,6 +111,8 @@ class Checkpoint:
     layout: str  # "tensorflow", "keras", "pytorch", "lightning", "huggingface", "accelerate", "deepspeed", "orbax",
     #              "file" (a numbered file of another format), "directory" (no checkpoint: the whole run directory)
     step_from: str = "name"  # "name", "record" (the library's own record), "flag" (--step) or "mtime" (no number)
+    designated: bool = False  # a framework's pointer (TF's state file, DeepSpeed's `latest`) names this step:
+    #                           the library writes that pointer only once the step is whole
 
     @property
     def mtime(self) -> float:
@@ -517,7 +520,7 @@ class _Scan:
             return self._choose_step(numbered, step)
         named = [u for u in numbered if self.designated.get(u.series) == u.step]
         if named:
-            return _checkpoint(_newest(named), "name")
+            return dataclasses.replace(_checkpoint(_newest(named), "name"), designated=True)
         best = None
         known = [u for u in numbered if u.layout != "file"] or numbered  # other formats only without a known one
         if known:

@@ -278,10 +278,8 @@ def test_tf_checkpoint_manager_saving_every_0_4_s_is_archived_while_it_trains(bu
     tf = pytest.importorskip("tensorflow")
     run_dir = tmp_path / "tf"
     v = tf.Variable(tf.zeros([64]))
-    # the step taken is the one seen 2 s (5 saves) before; with max_to_keep=5 TensorFlow deletes it while it is
-    # read: that race is the save's to survive (a snapshot before reading), not the choice's
     state = tf.train.Checkpoint(v=v)
-    manager = tf.train.CheckpointManager(state, str(run_dir), max_to_keep=12)
+    manager = tf.train.CheckpointManager(state, str(run_dir), max_to_keep=5)
     deadline = time.monotonic() + 15
     with archiver.Archiver(run_dir, f"gs://{bucket.name}", every="10m") as worker:
         while not archive_names(bucket) and time.monotonic() < deadline:
