@@ -7,10 +7,11 @@ behind a proxy that caps each connection (a model of Cloud Storage's per-stream 
 
 A save_pretrained-shaped run (`--shards` float32-like shards of random bytes, an index and a config)
 is archived once by `%gcs_save` and also uploaded file by file (for gcsfs). Two fake-gcs-servers
-hold the same objects: one reached through `throttle.py` (each connection capped at `--rate-mib`
-MiB/s downwards, bursts of at most 50 ms; the emulator's `-external-url` is the proxy's, so media
-downloads go through it too), one directly. Every timed operation runs in a fresh child process
-(fresh connections, comparable peak RSS), interleaved round by round (A B C D, B C D A, ...).
+hold the same objects: one reached through the tests' proxy (`tests/netproxy.py`, a process of its
+own; each connection capped at `--rate-mib` MiB/s downwards, bursts of at most 50 ms; the emulator's
+`-external-url` is the proxy's, so media downloads go through it too), one directly. Every timed
+operation runs in a fresh child process (fresh connections, comparable peak RSS), interleaved round
+by round (A B C D, B C D A, ...).
 
 Targets: behind the proxy, restore ≤ 0.35× the raw single-stream download and ≤ gcsfs get; directly,
 restore ≤ 1.2× the raw download. Results: benchmarks/results/restore-streams.json.
@@ -31,10 +32,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
-from throttle import Throttle  # noqa: E402
+from netproxy import ProxyProcess  # noqa: E402
 
 MiB = 1024 * 1024
 BUCKET = "bench"
@@ -158,7 +158,7 @@ def main() -> None:
         run = make_run(scratch / "src", args.size_mib, args.shards)
         endpoints = {}
         throttled_port = free_port()
-        with Throttle(throttled_port, args.rate_mib, up_rate_mib=0) as proxy:  # setup uploads at full speed
+        with ProxyProcess(throttled_port, down_rate=args.rate_mib * MiB) as proxy:  # setup uploads at full speed
             procs.append(start_emulator(throttled_port, proxy.port))
             endpoints["throttled"] = f"http://127.0.0.1:{proxy.port}"
             direct_port = free_port()

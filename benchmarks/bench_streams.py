@@ -130,20 +130,15 @@ class Stack:
         from colab_magics import emulator
         from colab_magics.net import free_port
 
+        from netproxy import ProxyProcess
+
         self.procs: list[subprocess.Popen] = []
         self.port = port = free_port()
-        proxy_port = free_port() if rate_mib else None
-        self.host = f"http://127.0.0.1:{proxy_port or port}"
+        self.proxy = ProxyProcess(port, rate=rate_mib * MiB) if rate_mib else None
+        self.host = f"http://127.0.0.1:{self.proxy.port if self.proxy else port}"
         argv = emulator.command(port)
         argv[argv.index("-external-url") + 1] = self.host
         self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_answering(f"http://127.0.0.1:{port}/storage/v1/b")
-        if rate_mib:
-            proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "netproxy.py"), "--upstream",
-                                      f"127.0.0.1:{port}", "--port", str(proxy_port), "--rate-mib", str(rate_mib)],
-                                     stdout=subprocess.PIPE, text=True)
-            self.procs.append(proxy)
-            proxy.stdout.readline()
         wait_answering(f"{self.host}/storage/v1/b")
         emulator.create_bucket(self.host, BUCKET)
 
@@ -178,6 +173,8 @@ class Stack:
         for proc in reversed(self.procs):
             proc.terminate()
             proc.wait(timeout=30)
+        if self.proxy is not None:
+            self.proxy.close()
 
 
 def wait_answering(url: str, timeout: float = 30) -> None:

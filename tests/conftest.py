@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -193,8 +192,8 @@ def _running(p: psutil.Process) -> bool:
 # --- a TCP proxy for throttling and faults (tests/netproxy.py; benchmarks use the same) ------------
 @pytest.fixture()
 def net_proxy():
-    """`net_proxy(upstream_port, rate=BYTES_PER_S, fault=...)`: a running NetProxy (tests/netproxy.py);
-    every one made is closed after the test."""
+    """`net_proxy(upstream_port, rate=BYTES_PER_S, fault=...)`: a bare running NetProxy
+    (tests/netproxy.py); every one made is closed after the test."""
     from netproxy import NetProxy
 
     made = []
@@ -209,8 +208,32 @@ def net_proxy():
         proxy.close()
 
 
+@pytest.fixture(scope="session")
+def proxied_emulator():
+    """A fake-gcs-server of its own reached only through a NetProxy, for the whole session: the
+    emulator's URL (`-external-url`) is the proxy's, so resumable-upload sessions and media links
+    lead through the proxy too. Yields the proxy; tests use it through `proxied_gcs`."""
+    from colab_magics import emulator
+    from netproxy import NetProxy
+
+    port = free_port()
+    proxy = NetProxy(port).start()
+    argv = emulator.command(port)
+    argv[argv.index("-external-url") + 1] = f"http://127.0.0.1:{proxy.port}"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    SESSION_PIDS.add(proc.pid)
+    try:
+        poll(lambda: _answers(f"http://127.0.0.1:{proxy.port}/storage/v1/b"), 20,
+             message="fake-gcs-server behind the proxy")
+        yield proxy
+    finally:
+        proxy.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 class ProxiedGcs:
-    """An emulator reached only through `proxy`, a client and a fresh bucket on it."""
+    """The proxied emulator as a test sees it: the `proxy`, a `client` and a fresh `bucket` on it, `host`."""
 
     def __init__(self, client, proxy, bucket, host: str):
         self.client, self.proxy, self.bucket, self.host = client, proxy, bucket, host
@@ -220,209 +243,23 @@ class ProxiedGcs:
 
 
 @pytest.fixture()
-def proxied_gcs(net_proxy, monkeypatch):
-    """A fresh fake-gcs-server behind a NetProxy: the emulator's own URL (`-external-url`) is the
-    proxy's, so resumable-upload sessions and media links lead there too, and every request of the
-    client passes the proxy (set `.proxy.rate` or `.proxy.fault` to throttle or break them)."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    from colab_magics import auth, emulator, session
-
-    proxy = net_proxy()
-    host = f"http://127.0.0.1:{proxy.port}"
-    port = free_port()
-    argv = emulator.command(port)
-    argv[argv.index("-external-url") + 1] = host
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        poll(lambda: _answers(f"http://127.0.0.1:{port}/storage/v1/b"), 20, message="fake-gcs-server")
-        proxy.upstream_port = port
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
-        session.current().set_auth(auth.authenticate())
-        client = storage.Client(project="test-project", credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": host})
-        yield ProxiedGcs(client, proxy, client.create_bucket(f"test-{uuid.uuid4().hex[:12]}"), host)
-    finally:
-        session.current().set_auth(None)
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-# --- a storage endpoint whose answers a test can spoil ------------------------------------------
-class FaultProxy:
-    """A TCP proxy in front of the emulator that carries one request per connection (it adds
-    `Connection: close`) and can spoil the body of the answers a test picks: flip one byte, or cut
-    the connection part-way. `spoil(match, action, at)`: the next answer whose request head contains
-    `match` has its body byte `at` flipped (action "flip"), ends after `at` bytes ("cut"), or is
-    replaced by an error answer of HTTP status `at` ("status") without reaching the emulator.
-    `heads` keeps every request head seen (first line and headers)."""
-
-    def __init__(self, upstream_port: int):
-        import socket
-        import threading
-
-        self.upstream = upstream_port
-        self.heads: list[str] = []
-        self._faults: list[tuple[str, str, int]] = []
-        self._lock = threading.Lock()
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        self._open: set = set()
-        self._accepting = threading.Thread(target=self._accept, daemon=True)
-        self._accepting.start()
-
-    def spoil(self, match: str, action: str, at: int) -> None:
-        with self._lock:
-            self._faults.append((match, action, at))
-
-    @property
-    def pending(self) -> list[tuple[str, str, int]]:
-        """The faults no answer has met yet."""
-        with self._lock:
-            return list(self._faults)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._faults.clear()
-            self.heads.clear()
-
-    def _accept(self) -> None:
-        import threading
-
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, client) -> None:
-        import socket
-        import threading
-
-        upstream = None
-        try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = client.recv(65536)
-                if not data:
-                    return
-                head += data
-            head, _, rest = head.partition(b"\r\n\r\n")
-            lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
-            text = b"\r\n".join(lines).decode("latin-1")
-            with self._lock:
-                self.heads.append(text)
-                fault = next((f for f in self._faults if f[0] in text), None)
-                if fault is not None:
-                    self._faults.remove(fault)
-            if fault is not None and fault[1] == "status":
-                body = json.dumps({"error": {"code": fault[2], "message": f"HTTP {fault[2]} from the fault proxy"}})
-                client.sendall(f"HTTP/1.1 {fault[2]} Spoiled\r\nContent-Type: application/json\r\n"
-                               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode())
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
-            self._open.update((client, upstream))
-            upstream.sendall(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + rest)
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            self._answer(upstream, client, fault)
-        except OSError:
-            pass
-        finally:
-            for sock in (client, upstream):
-                if sock is not None:
-                    self._open.discard(sock)
-                    _hang_up(sock)
-
-    @staticmethod
-    def _pump(source, sink) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-
-    @staticmethod
-    def _answer(upstream, client, fault) -> None:
-        head, body_seen = b"", None
-        while data := upstream.recv(65536):
-            if body_seen is None:
-                head += data
-                if b"\r\n\r\n" not in head:
-                    continue
-                head, _, data = head.partition(b"\r\n\r\n")
-                client.sendall(head + b"\r\n\r\n")
-                body_seen = 0
-            if fault is not None:
-                _, action, at = fault
-                if action == "cut" and body_seen + len(data) > at:
-                    client.sendall(data[: at - body_seen])
-                    return  # the connection ends part-way through the body
-                if action == "flip" and body_seen <= at < body_seen + len(data):
-                    data = bytearray(data)
-                    data[at - body_seen] ^= 0xFF
-            client.sendall(data)
-            body_seen += len(data)
-
-    def close(self) -> None:
-        _hang_up(self._server)
-        for sock in list(self._open):
-            _hang_up(sock)
-        self._accepting.join(timeout=10)
-
-
-def _hang_up(sock) -> None:
-    """Shut a socket down before closing it: close() alone leaves a connection open while another
-    thread is blocked reading it (the kernel holds the file until that read returns)."""
-    import socket
-
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
-@pytest.fixture(scope="session")
-def fault_proxy():
-    """A fake-gcs-server of its own whose every answer, media downloads included (its external URL is
-    the proxy's), goes through a FaultProxy; yields the proxy (its URL: http://127.0.0.1:PORT)."""
-    from colab_magics import emulator
-
-    port = free_port()
-    proxy = FaultProxy(port)
-    argv = emulator.command(port)
-    argv[argv.index("-external-url") + 1] = f"http://127.0.0.1:{proxy.port}"
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    SESSION_PIDS.add(proc.pid)
-    poll(lambda: _answers(f"http://127.0.0.1:{proxy.port}/storage/v1/b"), 20,
-         message="fake-gcs-server behind the proxy")
-    yield proxy
-    proxy.close()
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-@pytest.fixture()
-def faulty_gcs(fault_proxy, monkeypatch):
-    """A storage client (and the session's credentials) whose every request goes through `fault_proxy`."""
+def proxied_gcs(proxied_emulator, monkeypatch):
+    """A client, the session's credentials and a fresh bucket on the emulator behind the proxy, which
+    starts the test plain (no rate, no fault, up, no connection open); set `.proxy.rate`,
+    `.proxy.fault`, `.proxy.cut_after(n)` or `.proxy.go_down()` to throttle or break the requests."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     from colab_magics import auth, session
 
-    host = f"http://127.0.0.1:{fault_proxy.port}"
-    fault_proxy.reset()
+    proxy = proxied_emulator
+    proxy.reset()
+    host = f"http://127.0.0.1:{proxy.port}"
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
     session.current().set_auth(auth.authenticate())
     client = storage.Client(project="test-project", credentials=AnonymousCredentials(),
                             client_options={"api_endpoint": host})
-    yield client
-    session.current().set_auth(None)
-
-
-@pytest.fixture()
-def faulty_bucket(faulty_gcs):
-    """A fresh, empty bucket behind the fault proxy."""
-    return faulty_gcs.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
+    try:
+        yield ProxiedGcs(client, proxy, client.create_bucket(f"test-{uuid.uuid4().hex[:12]}"), host)
+    finally:
+        session.current().set_auth(None)

@@ -61,6 +61,7 @@ def test_a_step_deleted_mid_upload_is_archived_whole_from_its_snapshot(proxied_g
         assert snapshots_beside(run_dir)
         shutil.rmtree(run_dir / "checkpoint-2")  # what save_total_limit does at the next save
         saver.join(60)
+    proxied_gcs.proxy.rate = None  # the check below at full speed
     saved = result["saved"]
     assert isinstance(saved, runs.Saved) and saved.url.endswith("/run1.2.zip")
     with zipfile.ZipFile(io.BytesIO(proxied_gcs.bucket.blob("run1.2.zip").download_as_bytes())) as zf:
@@ -234,7 +235,7 @@ def test_retention_never_deletes_an_archive_finished_during_the_save(proxied_gcs
     slow = threading.Thread(target=lambda: result.update(saved=runs.save_run(
         slow_dir, bucket.name, keep=1, settings=FAST)))
     slow.start()
-    poll(lambda: any(m == "PUT" and "upload_id=" in t for m, t in proxied_gcs.proxy.requests[seen:]), 30,
+    poll(lambda: any(r.method == "PUT" and "upload_id=" in r.target for r in proxied_gcs.proxy.requests[seen:]), 30,
          message="the slow save to be uploading")
     fast = runs.save_run(fast_dir, bucket.name, keep=1, settings=FAST)
     assert slow.is_alive()  # still uploading: it finishes after the fast one

@@ -1,7 +1,8 @@
 """Parallel restore (issue 20): a zip comes back by N ranged reads at once, each slice checked, and the
 result is the same as one stream's, byte for byte; a spoiled answer is refused with TARGET_DIR
-untouched. Everything runs against the real fake-gcs-server; the spoiled answers come from a TCP
-proxy in front of one (conftest.FaultProxy), which also shows which byte ranges were asked for.
+untouched. Everything runs against the real fake-gcs-server; the spoiled answers come from the TCP
+proxy in front of one (conftest.proxied_gcs, tests/netproxy.py), which also shows which byte ranges
+were asked for.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from colab_magics import packing, runs, sliced
 from colab_magics.errors import ColabMagicsError, CorruptArchive, DownloadFailed, InvalidValue, PermissionDenied
 from colab_magics.settings import MAX_STREAMS, Settings
+from netproxy import Answer, CutAnswer, FlipAnswer, Once
 from test_hostile import _child_env, debris, one_line_error, precious_target, snapshot
 
 KiB, MiB = 1024, 1024 * 1024
@@ -59,12 +61,21 @@ def tree(root: Path) -> dict[str, str]:
 def media_ranges(proxy, name: str) -> list[tuple[int, int]]:
     """The byte ranges of `name` the restore asked the proxy for, in order."""
     found = []
-    for head in proxy.heads:
-        if "/download/" in head.split("\r\n")[0] and f"/o/{name}" in head.split("\r\n")[0].replace("%2F", "/"):
-            match = re.search(r"(?im)^range: bytes=(\d+)-(\d+)$", head)
+    for request in proxy.requests:
+        if "/download/" in request.target and f"/o/{name}" in request.target.replace("%2F", "/"):
+            match = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("range", ""))
             if match:
                 found.append((int(match.group(1)), int(match.group(2))))
     return found
+
+
+def ranged_from(start: int):
+    """A request matcher: a ranged read that begins at byte `start`."""
+    return lambda request: request.headers.get("range", "").startswith(f"bytes={start}-")
+
+
+def error(status: int) -> Answer:
+    return Answer(status, {"error": {"code": status, "message": f"HTTP {status} from the fault proxy"}})
 
 
 def plan_of(blob) -> packing.ZipPlan:
@@ -74,18 +85,17 @@ def plan_of(blob) -> packing.ZipPlan:
 
 # --- round trips --------------------------------------------------------------------------------
 @pytest.mark.parametrize("streams", [1, 2, 8])
-def test_a_saved_run_comes_back_byte_for_byte_at_any_stream_count(faulty_gcs, faulty_bucket, fault_proxy,
-                                                                   tmp_path, small_slices, streams):
+def test_a_saved_run_comes_back_byte_for_byte_at_any_stream_count(proxied_gcs, tmp_path, small_slices, streams):
     """The archive of today's single-stream save, restored by 1, 2 and 8 parallel ranged reads."""
     run = make_run(tmp_path / "run1")
-    saved = runs.save_run(run, f"gs://{faulty_bucket.name}/exp", settings=FAST, client=faulty_gcs)
-    fault_proxy.heads.clear()
+    saved = runs.save_run(run, f"gs://{proxied_gcs.bucket.name}/exp", settings=FAST, client=proxied_gcs.client)
+    proxied_gcs.proxy.requests.clear()
     restored = runs.load_run(saved.url, tmp_path / "restored", settings=FAST.replace(streams=streams),
-                             client=faulty_gcs)
+                             client=proxied_gcs.client)
     assert tree(tmp_path / "restored") == tree(run)
     assert len(restored.files) == len(tree(run))
-    ranges = media_ranges(fault_proxy, "exp/run1.3.zip")
-    size = faulty_bucket.get_blob("exp/run1.3.zip").size
+    ranges = media_ranges(proxied_gcs.proxy, "exp/run1.3.zip")
+    size = proxied_gcs.bucket.get_blob("exp/run1.3.zip").size
     index_read = ranges[0]
     assert index_read[1] == size - 1  # the tail first: every name is checked before a byte is written
     covered = sorted(ranges[1:])
@@ -129,16 +139,15 @@ def test_a_zip_written_by_zipfile_with_zip64_headers_comes_back(gcs, bucket, tmp
     assert tree(tmp_path / "restored") == {n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())}
 
 
-def test_a_response_cut_part_way_is_resumed_where_it_stopped(faulty_gcs, faulty_bucket, fault_proxy, tmp_path,
-                                                             small_slices):
+def test_a_response_cut_part_way_is_resumed_where_it_stopped(proxied_gcs, tmp_path, small_slices):
     run = make_run(tmp_path / "run1")
-    saved = runs.save_run(run, f"gs://{faulty_bucket.name}", settings=FAST, client=faulty_gcs)
-    piece = next(s for s in plan_of(faulty_bucket.get_blob("run1.3.zip")).slices(PART) if s.end - s.start > PART)
-    fault_proxy.heads.clear()
-    fault_proxy.spoil(f"Range: bytes={piece.start}-", "cut", 5000)
-    runs.load_run(saved.url, tmp_path / "restored", settings=FAST.replace(streams=4), client=faulty_gcs)
+    saved = runs.save_run(run, f"gs://{proxied_gcs.bucket.name}", settings=FAST, client=proxied_gcs.client)
+    piece = next(s for s in plan_of(proxied_gcs.bucket.get_blob("run1.3.zip")).slices(PART) if s.end - s.start > PART)
+    proxied_gcs.proxy.requests.clear()
+    proxied_gcs.proxy.fault = Once(ranged_from(piece.start), CutAnswer(5000))
+    runs.load_run(saved.url, tmp_path / "restored", settings=FAST.replace(streams=4), client=proxied_gcs.client)
     assert tree(tmp_path / "restored") == tree(run)
-    asked = media_ranges(fault_proxy, "run1.3.zip")
+    asked = media_ranges(proxied_gcs.proxy, "run1.3.zip")
     assert (piece.start + 5000, piece.end - 1) in asked  # asked again from the first byte it did not get
 
 
@@ -152,12 +161,11 @@ def _local_header(blob, info: zipfile.ZipInfo) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("where", ["stored data", "deflated data", "a local header", "a data descriptor"])
-def test_a_flipped_byte_in_one_ranged_read_is_refused_and_the_target_untouched(ip, faulty_gcs, faulty_bucket,
-                                                                              fault_proxy, tmp_path, capsys,
+def test_a_flipped_byte_in_one_ranged_read_is_refused_and_the_target_untouched(ip, proxied_gcs, tmp_path, capsys,
                                                                               small_slices, where):
     run = make_run(tmp_path / "run1")
-    saved = runs.save_run(run, f"gs://{faulty_bucket.name}", settings=FAST, client=faulty_gcs)
-    blob = faulty_bucket.get_blob("run1.3.zip")
+    saved = runs.save_run(run, f"gs://{proxied_gcs.bucket.name}", settings=FAST, client=proxied_gcs.client)
+    blob = proxied_gcs.bucket.get_blob("run1.3.zip")
     plan = plan_of(blob)
     infos = {m.entry.info.filename: m.entry.info for m in plan.members}
     model_start, _ = _local_header(blob, infos["model-3.keras"])
@@ -166,33 +174,31 @@ def test_a_flipped_byte_in_one_ranged_read_is_refused_and_the_target_untouched(i
               "a local header": infos["model-3.keras"].header_offset + 1, "a data descriptor": config_end + 6}[where]
     assert offset < blob.size - packing.INDEX_TAIL  # in a slice read for itself, not in the index read
     piece = next(s for s in plan.slices(PART) if s.start <= offset < s.end)
-    fault_proxy.spoil(f"Range: bytes={piece.start}-", "flip", offset - piece.start)
+    flip = proxied_gcs.proxy.fault = Once(ranged_from(piece.start), FlipAnswer(offset - piece.start))
     target = precious_target(tmp_path / "target")
     before = snapshot(target)
     text = one_line_error(ip, capsys, f"%gcs_load {saved.url} {target} --streams 8", (DownloadFailed, CorruptArchive))
     print(f"{where}: {text}")
     assert "crc32c check" in text or "corrupt" in text, text
     assert snapshot(target) == before and debris(target) == []
-    assert not fault_proxy.pending
+    assert not flip.pending
 
 
 @pytest.mark.parametrize("status", [429, 503])
-def test_a_passing_error_on_one_slice_is_retried(faulty_gcs, faulty_bucket, fault_proxy, tmp_path, small_slices,
-                                                 status):
+def test_a_passing_error_on_one_slice_is_retried(proxied_gcs, tmp_path, small_slices, status):
     run = make_run(tmp_path / "run1")
-    saved = runs.save_run(run, f"gs://{faulty_bucket.name}", settings=FAST, client=faulty_gcs)
-    piece = plan_of(faulty_bucket.get_blob("run1.3.zip")).slices(PART)[2]
-    fault_proxy.spoil(f"Range: bytes={piece.start}-", "status", status)
-    runs.load_run(saved.url, tmp_path / "restored", settings=FAST.replace(streams=8), client=faulty_gcs)
-    assert tree(tmp_path / "restored") == tree(run) and not fault_proxy.pending
+    saved = runs.save_run(run, f"gs://{proxied_gcs.bucket.name}", settings=FAST, client=proxied_gcs.client)
+    piece = plan_of(proxied_gcs.bucket.get_blob("run1.3.zip")).slices(PART)[2]
+    refused = proxied_gcs.proxy.fault = Once(ranged_from(piece.start), error(status))
+    runs.load_run(saved.url, tmp_path / "restored", settings=FAST.replace(streams=8), client=proxied_gcs.client)
+    assert tree(tmp_path / "restored") == tree(run) and not refused.pending
 
 
-def test_a_ranged_read_refused_is_one_line_and_the_target_untouched(ip, faulty_gcs, faulty_bucket, fault_proxy,
-                                                                    tmp_path, capsys, small_slices):
+def test_a_ranged_read_refused_is_one_line_and_the_target_untouched(ip, proxied_gcs, tmp_path, capsys, small_slices):
     run = make_run(tmp_path / "run1")
-    saved = runs.save_run(run, f"gs://{faulty_bucket.name}", settings=FAST, client=faulty_gcs)
-    piece = plan_of(faulty_bucket.get_blob("run1.3.zip")).slices(PART)[2]
-    fault_proxy.spoil(f"Range: bytes={piece.start}-", "status", 403)
+    saved = runs.save_run(run, f"gs://{proxied_gcs.bucket.name}", settings=FAST, client=proxied_gcs.client)
+    piece = plan_of(proxied_gcs.bucket.get_blob("run1.3.zip")).slices(PART)[2]
+    proxied_gcs.proxy.fault = Once(ranged_from(piece.start), error(403))
     target = precious_target(tmp_path / "target")
     before = snapshot(target)
     text = one_line_error(ip, capsys, f"%gcs_load {saved.url} {target}", PermissionDenied)
@@ -266,16 +272,15 @@ def test_a_parallel_restore_holds_about_two_blocks_per_stream(gcs, bucket, tmp_p
     assert tree(tmp_path / "restored") == tree(run)
 
 
-def test_one_failing_slice_stops_the_others_and_leaves_no_thread(faulty_gcs, faulty_bucket, fault_proxy, tmp_path,
-                                                                 small_slices):
+def test_one_failing_slice_stops_the_others_and_leaves_no_thread(proxied_gcs, tmp_path, small_slices):
     import threading
 
     run = make_run(tmp_path / "run1")
-    saved = runs.save_run(run, f"gs://{faulty_bucket.name}", settings=FAST, client=faulty_gcs)
-    fault_proxy.spoil("Range: bytes=0-", "flip", 2)  # the first local header
+    saved = runs.save_run(run, f"gs://{proxied_gcs.bucket.name}", settings=FAST, client=proxied_gcs.client)
+    proxied_gcs.proxy.fault = Once(ranged_from(0), FlipAnswer(2))  # the first local header
     target = precious_target(tmp_path / "target")
     before = snapshot(target)
     with pytest.raises(ColabMagicsError):
-        runs.load_run(saved.url, target, settings=FAST.replace(streams=8), client=faulty_gcs)
+        runs.load_run(saved.url, target, settings=FAST.replace(streams=8), client=proxied_gcs.client)
     assert snapshot(target) == before and debris(target) == []
     assert not [t for t in threading.enumerate() if t.name.startswith("colab-magics-slice")]

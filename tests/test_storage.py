@@ -363,135 +363,42 @@ SAVE_SCRIPT = textwrap.dedent("""
 """)
 
 
-class CuttingProxy:
-    """A TCP proxy to the emulator that cuts connections once `cut_after` upstream bytes passed."""
-
-    def __init__(self, upstream_port: int, cut_after: int | None = None, cuts: int = 1, then_down: bool = False):
-        import socket
-        import threading
-
-        self.upstream_port, self.cut_after, self.cuts_left = upstream_port, cut_after, cuts
-        self.then_down = then_down  # after the cut, refuse every connection until healed
-        self.forwarded = 0
-        self.refusing = False
-        self._open: list = []
-        self._lock = threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self._threads = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            if self.refusing:
-                client.close()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._open += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src, dst, counting):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if counting:
-                    with self._lock:
-                        self.forwarded += len(data)
-                        cut = (self.cut_after is not None and self.cuts_left > 0
-                               and self.forwarded > self.cut_after)
-                        if cut:
-                            self.cuts_left -= 1
-                    if cut:
-                        if self.then_down:
-                            self.go_down()
-                        break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def go_down(self):
-        """Refuse new connections and cut the open ones (pooled keep-alive connections included)."""
-        self.refusing = True
-        for sock in list(self._open):
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-    def close(self):
-        self.go_down()
-        self.server.close()
-
-
-@pytest.fixture()
-def proxy(emulator_host, monkeypatch):
-    from colab_magics import auth, session
-
-    upstream = int(emulator_host.rsplit(":", 1)[1])
-    made = []
-
-    def make(**kwargs) -> CuttingProxy:
-        p = CuttingProxy(upstream, **kwargs)
-        made.append(p)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{p.port}")
-        session.current().set_auth(auth.authenticate())
-        return p
-
-    yield make
-    for p in made:
-        p.close()
-    session.current().set_auth(None)
-
-
-def test_a_connection_cut_mid_upload_is_retried_and_recovers(bucket, proxy, tmp_path):
+# The connections are cut by the proxy in front of an emulator of its own (conftest.proxied_gcs).
+def test_a_connection_cut_mid_upload_is_retried_and_recovers(proxied_gcs, tmp_path):
     run_dir = tmp_path / "run1"
     write(run_dir / "model-5.keras", 6 * 1024 * 1024)
-    p = proxy(cut_after=3 * 1024 * 1024)
+    proxied_gcs.proxy.cut_after(3 * 1024 * 1024)
 
-    result = runs.save_run(run_dir, bucket.name, settings=FAST)  # one call: the retry recovers
+    result = runs.save_run(run_dir, proxied_gcs.bucket.name, settings=FAST)  # one call: the retry recovers
 
-    assert p.cuts_left == 0  # the connection was cut mid-upload
+    assert proxied_gcs.proxy.cuts == 1  # the connection was cut mid-upload
     assert isinstance(result, runs.Saved)
-    runs.load_run(f"gs://{bucket.name}/run1", tmp_path / "back", settings=FAST)
+    runs.load_run(f"gs://{proxied_gcs.bucket.name}/run1", tmp_path / "back", settings=FAST)
     assert tree(tmp_path / "back") == tree(run_dir)
 
 
-def test_an_endpoint_that_stays_down_fails_clearly_and_leaves_no_object(bucket, proxy, tmp_path):
+def test_an_endpoint_that_stays_down_fails_clearly_and_leaves_no_object(proxied_gcs, tmp_path):
     run_dir = tmp_path / "run1"
     write(run_dir / "model-5.keras", 4 * 1024 * 1024)
-    p = proxy(cut_after=2 * 1024 * 1024, cuts=1, then_down=True)
+    proxied_gcs.proxy.cut_after(2 * 1024 * 1024, then_down=True)
     settings = Settings(chunk_size_mb=1, retry_deadline=2, progress=False)
     with pytest.raises(StorageUnreachable, match="does not answer"):
-        runs.save_run(run_dir, bucket.name, settings=settings)
-    assert bucket.get_blob("run1.5.zip") is None
-    p.refusing = False
-    assert isinstance(runs.save_run(run_dir, bucket.name, settings=FAST), runs.Saved)
+        runs.save_run(run_dir, proxied_gcs.bucket.name, settings=settings)
+    proxied_gcs.proxy.go_up()  # (the emulator behind it is only reached through the proxy)
+    assert proxied_gcs.bucket.get_blob("run1.5.zip") is None
+    assert isinstance(runs.save_run(run_dir, proxied_gcs.bucket.name, settings=FAST), runs.Saved)
 
 
-def test_a_save_killed_with_sigkill_leaves_no_object(bucket, proxy, tmp_path):
+def test_a_save_killed_with_sigkill_leaves_no_object(proxied_gcs, tmp_path):
     run_dir = tmp_path / "run1"
     write(run_dir / "model-5.keras", 24 * 1024 * 1024)
-    p = proxy()
+    bucket = proxied_gcs.bucket
     env = dict(os.environ)
     child = subprocess.Popen([sys.executable, "-c", SAVE_SCRIPT, str(run_dir), bucket.name], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        poll(lambda: p.forwarded > 6 * 1024 * 1024 or child.poll() is not None, 60, message="upload under way")
+        poll(lambda: proxied_gcs.proxy.forwarded > 6 * 1024 * 1024 or child.poll() is not None, 60,
+             message="upload under way")
         assert child.poll() is None, child.stdout.read().decode()
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)

@@ -124,7 +124,7 @@ def test_33_or_more_parts_are_composed_in_nested_calls(small_parts, proxied_gcs,
     saved = runs.save_run(run_dir, bucket.name, settings=FAST.replace(streams=40))
 
     assert saved.parts > composite.MAX_COMPOSE
-    composes = [t for m, t in proxied_gcs.proxy.requests if m == "POST" and "/compose" in t.split("?")[0]]
+    composes = [r for r in proxied_gcs.proxy.requests if r.method == "POST" and "/compose" in r.target.split("?")[0]]
     assert len(composes) >= 3  # at least two groups of <= 32, then the archive of them
     assert proxied_gcs.names() == ["run1.3.zip"]
     check_archive(bucket.blob("run1.3.zip").download_as_bytes(), run_dir, tmp_path)
@@ -135,10 +135,10 @@ def second_upload_session(action):
     """A proxy fault: `action` for every request of the second resumable upload that sends data."""
     sessions: list[str] = []
 
-    def fault(method, target, headers):
-        if method != "PUT" or "upload_id=" not in target:
+    def fault(request):
+        if request.method != "PUT" or "upload_id=" not in request.target:
             return None
-        upload = parse_qs(urlsplit(target).query)["upload_id"][0]
+        upload = parse_qs(urlsplit(request.target).query)["upload_id"][0]
         if upload not in sessions:
             sessions.append(upload)
         return action if len(sessions) > 1 and upload == sessions[1] else None
@@ -183,10 +183,10 @@ def test_a_save_killed_mid_way_leaves_parts_that_cleanup_removes(small_parts, pr
     write(run_dir / "model-5.pt", 2 * MiB)
     first: list[str] = []
 
-    def slow_but_the_first(method, target, headers):  # one part done, the others crawling
-        if method == "PUT" and "upload_id=" in target:
-            first[:] = first or [target]
-            return None if target == first[0] else Slow(64 * KiB)
+    def slow_but_the_first(request):  # one part done, the others crawling
+        if request.method == "PUT" and "upload_id=" in request.target:
+            first[:] = first or [request.target]
+            return None if request.target == first[0] else Slow(64 * KiB)
         return None
 
     proxied_gcs.proxy.fault = slow_but_the_first
