@@ -512,7 +512,7 @@ def test_no_magic_line_of_the_readme_breaks_on_its_comment():
     assert lines
     for line in lines:
         args, _ = parse(ColabMagics.gcs_list, line.split("%gcs_list", 1)[1])
-        assert args.location.startswith("gs://") and args.run is None
+        assert args.destination.startswith("gs://") and args.run is None
 
 
 def test_readme_python_blocks_parse():
