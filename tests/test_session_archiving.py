@@ -16,7 +16,7 @@ from conftest import poll, run_cell
 from IPython.core.error import UsageError
 
 from colab_magics.settings import Settings
-from colab_magics import checkpoints, runs
+from colab_magics import archiver, checkpoints, runs
 from tests.test_archiver import names, write_step
 
 NO_PROGRESS = Settings(progress=False)
@@ -30,6 +30,8 @@ def test_line_form_archives_across_cells_until_stop(ip, bucket, tmp_path, capsys
     for step in (1, 2):  # two "cells" of training, after the magic returned
         write_step(run_dir, step)
         poll(lambda: f"exp/run1.{step}.zip" in names(bucket), 20, message=f"step {step} archived")
+    # the object appears before the worker has finished its save (retention, the summary): wait for that
+    poll(lambda: archiver.background()[0].summary().archives == 2, 20, message="the summary of step 2")
 
     status = ip.run_line_magic("gcs_archive", "--status")
     assert len(status.table.rows) == 1
