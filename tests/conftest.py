@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -46,6 +47,19 @@ def poll(predicate, timeout: float, interval: float = 0.05, message: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def sigkill_mid_way(child, predicate, timeout: float, message: str) -> None:
+    """SIGKILL `child` (a Popen with stdout piped) once `predicate()` holds, failing if it ended first."""
+    try:
+        poll(lambda: predicate() or child.poll() is not None, timeout, message=message)
+        assert child.poll() is None, child.stdout.read().decode()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
 
 
 def _answers(url: str) -> bool:

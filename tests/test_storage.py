@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from colab_magics.errors import (
     StorageUnreachable,
     UnsafeArchive,
 )
-from conftest import free_port, poll, run_cell
+from conftest import free_port, poll, run_cell, sigkill_mid_way
 
 FAST = Settings(chunk_size_mb=1, retry_deadline=5, progress=False)
 
@@ -396,16 +395,7 @@ def test_a_save_killed_with_sigkill_leaves_no_object(proxied_gcs, tmp_path):
     env = dict(os.environ)
     child = subprocess.Popen([sys.executable, "-c", SAVE_SCRIPT, str(run_dir), bucket.name], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        poll(lambda: proxied_gcs.proxy.forwarded > 6 * 1024 * 1024 or child.poll() is not None, 60,
-             message="upload under way")
-        assert child.poll() is None, child.stdout.read().decode()
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.stdout.close()
+    sigkill_mid_way(child, lambda: proxied_gcs.proxy.forwarded > 6 * 1024 * 1024, 60, message="upload under way")
     assert [b.name for b in bucket.list_blobs()] == []
     assert isinstance(runs.save_run(run_dir, bucket.name, settings=FAST), runs.Saved)
 

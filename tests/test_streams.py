@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ from IPython.core.error import UsageError
 from colab_magics import composite, runs, ziplayout
 from colab_magics.errors import CheckpointChanging, ColabMagicsError, InvalidBucketURL, InvalidValue
 from colab_magics.settings import Settings
-from conftest import poll
+from conftest import poll, sigkill_mid_way
 from netproxy import Answer, Cut, Slow
 
 KiB, MiB = 1024, 1024 * 1024
@@ -194,16 +193,7 @@ def test_a_save_killed_mid_way_leaves_parts_that_cleanup_removes(small_parts, pr
     url = f"gs://{proxied_gcs.bucket.name}/exp"
     child = subprocess.Popen([sys.executable, "-c", SAVE_SCRIPT, str(run_dir), url], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        poll(lambda: any(composite.is_part(n) for n in proxied_gcs.names()) or child.poll() is not None, 60,
-             message="a part in the bucket")
-        assert child.poll() is None, child.stdout.read().decode()
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.stdout.close()
+    sigkill_mid_way(child, lambda: any(composite.is_part(n) for n in proxied_gcs.names()), 60, message="a part in the bucket")
     left = proxied_gcs.names()
     assert left and all(composite.is_part(n) for n in left) and "exp/run1.5.zip" not in left
     assert runs.list_archives(f"gs://{proxied_gcs.bucket.name}", recursive=True) == []  # parts are no archives
