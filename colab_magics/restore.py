@@ -196,7 +196,7 @@ def recover(target: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
         finally:
             for lock in locks:
-                if lock is not None:
+                if lock is not None and lock >= 0:  # -1: gone meanwhile, or not a directory
                     os.close(lock)
 
 

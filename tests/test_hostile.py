@@ -675,6 +675,16 @@ def test_a_live_restore_is_not_mistaken_for_debris(tmp_path):
         shutil.rmtree(staging)
 
 
+def test_a_file_named_like_debris_is_left_alone_and_does_not_break_a_load(gcs, bucket, tmp_path):
+    """Only directories are a killed restore's debris; another file of that name is not ours."""
+    url = upload(bucket, "run1.1.zip", small_zip({"model-1.keras": b"new"}))
+    target = precious_target(tmp_path / "target")
+    (tmp_path / ".target.restoring-0a1b").write_bytes(b"not ours")
+    runs.load_run(url, target, settings=FAST)
+    assert (target / "model-1.keras").read_bytes() == b"new"
+    assert (tmp_path / ".target.restoring-0a1b").read_bytes() == b"not ours"
+
+
 def test_debris_of_the_previous_version_is_removed_by_the_next_load(gcs, bucket, tmp_path):
     url = upload(bucket, "run1.1.zip", small_zip({"model-1.keras": b"new"}))
     target = precious_target(tmp_path / "target")
