@@ -24,7 +24,7 @@ from pathlib import Path
 
 from colab_magics import emulator as emulator_mod
 from colab_magics import hosted, session
-from colab_magics.errors import AuthError, NoCredentials, Param, check_argument, do
+from colab_magics.errors import AuthError, NoCredentials, Param, check_argument, do, first_line
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +224,11 @@ def _file_auth(path: Path, project: str | None) -> AuthInfo:
         raise AuthError(
             f"{path} is not a credentials file google-auth can use (type {kind!r}): use a "
             f"service-account key, gcloud's application_default_credentials.json or a "
-            f"workload-identity configuration ({_first_line(exc)})"
+            f"workload-identity configuration ({first_line(exc)})"
         ) from None
     except (exceptions.RefreshError, exceptions.TransportError) as exc:  # external_account asks STS at once
         raise AuthError(f"the {kind} credentials in {path} could not get a token: "
-                        f"{_first_line(exc)}") from None
+                        f"{first_line(exc)}") from None
     quota_project = getattr(credentials, "quota_project_id", None)
     return AuthInfo(
         "service-account" if kind == "service_account" else "key-file",
@@ -307,7 +307,3 @@ def _metadata_email() -> str | None:
     except (OSError, ValueError):
         return None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -169,6 +169,12 @@ class ColabMagicsError(Exception):
         return tuple(part for part in self.args if isinstance(part, Remedy))
 
 
+def first_line(exc: BaseException) -> str:
+    """A third-party exception's first line (its name when it says nothing): what a one-line message quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class MissingDependency(ColabMagicsError):
     """An optional package is not installed."""
 

@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from colab_magics import hosted, processes, session
-from colab_magics.errors import HelperNotReady, MissingDependency, NoTunnelToken, Param, TunnelError, TunnelInstallError, Words
+from colab_magics.errors import (
+    HelperNotReady,
+    MissingDependency,
+    NoTunnelToken,
+    Param,
+    TunnelError,
+    TunnelInstallError,
+    Words,
+    first_line,
+)
 from colab_magics.tunnels import Tunnel, TunnelOptions, credentials, ngrok_token
 
 log = logging.getLogger(__name__)
@@ -108,7 +117,7 @@ def install_ngrok(bin_dir: str | os.PathLike | None = None) -> Path:
         installer.install_ngrok(str(path), ngrok_version="v3", timeout=30)  # "v3": pyngrok 8.0 knows no "3"
     except PyngrokError as exc:
         raise TunnelInstallError(
-            f"the ngrok agent is not in {path.parent} and could not be downloaded ({_first_line(exc)}): "
+            f"the ngrok agent is not in {path.parent} and could not be downloaded ({first_line(exc)}): "
             "check the internet connection, or put the ngrok binary there yourself"
         ) from exc
     return path
@@ -148,7 +157,7 @@ def open(port: int, options: TunnelOptions) -> Tunnel:  # noqa: A001  (the provi
     except PyngrokError as exc:
         if not agent.tunnels:
             _end(agent)
-        raise TunnelError(f"ngrok could not open the tunnel: {_first_line(exc).replace(token, '***')}") from None
+        raise TunnelError(f"ngrok could not open the tunnel: {first_line(exc).replace(token, '***')}") from None
     url = opened["public_url"]
     agent.tunnels[url] = opened["uri"]
     return Tunnel(url=url, provider="ngrok", port=port,
@@ -171,7 +180,7 @@ def close(tunnel: Tunnel) -> None:
         try:
             ngrok.api_request(f"{agent.api_url}{uri}", method="DELETE", timeout=API_TIMEOUT)
         except PyngrokError as exc:
-            log.warning("could not close ngrok tunnel %s: %s", tunnel.url, _first_line(exc))
+            log.warning("could not close ngrok tunnel %s: %s", tunnel.url, first_line(exc))
         return
     _end(agent)
 
@@ -236,6 +245,3 @@ def _end(agent: Agent) -> None:
     agent.close()
     session.current().untrack(agent, agent.path)
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
