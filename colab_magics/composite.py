@@ -258,7 +258,7 @@ class _Save:
         blob.upload_from_string(data, content_type=_PART_TYPE, if_generation_match=0, checksum="crc32c",
                                 **self.options)
         self._made(blob.name)
-        return _Part(blob.name, len(data), int.from_bytes(google_crc32c.Checksum(data).digest(), "big"))
+        return _Part(blob.name, len(data), google_crc32c.value(data))
 
     def compose(self, parts: list[_Part], content_type: str, metadata: dict, force: bool):
         """Compose `parts`, in order, into the archive (through intermediate composites past 32); check
@@ -290,15 +290,9 @@ class _Save:
 
     def _remove(self, names: list[str]) -> None:
         """Delete our objects, at once; a failure is logged (the next save or `remove_debris` finds them)."""
-        from google.api_core.exceptions import GoogleAPICallError, NotFound
+        from google.api_core.exceptions import GoogleAPICallError
 
-        def delete(name: str) -> None:
-            try:
-                self.bucket.blob(name).delete(**self.options)
-            except NotFound:
-                pass
-
-        futures = [self.pool.submit(delete, name) for name in names]
+        futures = [self.pool.submit(_delete, self.bucket, name, self.options) for name in names]
         failed = 0
         for future in futures:
             try:
@@ -339,6 +333,16 @@ def _widen_pool(client, size: int) -> None:
                                               max_retries=adapter.max_retries, pool_block=adapter._pool_block))
 
 
+def _delete(bucket, name: str, options: dict) -> None:
+    """Delete one object of ours; one already gone is fine (a cleanup running beside us)."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        bucket.blob(name).delete(**options)
+    except NotFound:
+        pass
+
+
 def _compresses(m: ziplayout.Member) -> bool:
     return packing.choose_compression(m.path, m.size) == ziplayout.DEFLATED
 
@@ -363,8 +367,6 @@ def remove_debris(client, location: storage.GcsPath | str, *, older_than: timede
 
     `quiet`: a failure is logged instead of raised (the end of a save must not fail because of it).
     """
-    from google.api_core.exceptions import NotFound
-
     loc = storage.parse_url(location) if isinstance(location, str) else location
     prefix = f"{loc.path}/" if loc.path else ""
     cutoff = datetime.now(timezone.utc) - older_than
@@ -385,18 +387,11 @@ def remove_debris(client, location: storage.GcsPath | str, *, older_than: timede
                     kept += 1
                     continue
                 doomed.append(blob.name)
-
-            def delete(name: str) -> None:
-                try:
-                    bucket.blob(name).delete(**options)
-                except NotFound:
-                    pass
-
             if pool is None:
                 with ThreadPoolExecutor(max_workers=16) as own:
-                    list(own.map(delete, doomed))
+                    list(own.map(lambda name: _delete(bucket, name, options), doomed))
             else:
-                for future in [pool.submit(delete, name) for name in doomed]:
+                for future in [pool.submit(_delete, bucket, name, options) for name in doomed]:
                     future.result()
             removed = doomed
     except ColabMagicsError as exc:  # translated above
