@@ -146,6 +146,12 @@ class Archiver:
     def active(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def check_destination(self) -> None:
+        """On the chief, fail now when the bucket cannot be reached (one bounded request), not silently
+        after hours of training."""
+        if chief.is_chief():
+            storage.require_bucket(self._client or auth.storage_client(), self.location, self.settings.retry_deadline)
+
     def start(self) -> "Archiver":
         """Start watching (or, on a non-chief worker, log one line and do nothing)."""
         if self._thread is not None:
@@ -405,9 +411,7 @@ def start_background(run_dir: str | os.PathLike, destination: str, every: float 
         raise AlreadyArchiving(f"{key} is already archived in the background to {existing.location.url}: ",
                                do("archive_stop", str(key)), " first")
     worker = Archiver(key, destination, every, **options)
-    if chief.is_chief():
-        storage.require_bucket(worker._client or auth.storage_client(), worker.location,
-                               worker.settings.retry_deadline)
+    worker.check_destination()
     worker.background = True  # tracked under its run dir while it runs; the shutdown gives it a final archive
     return worker.start()
 

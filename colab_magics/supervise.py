@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from colab_magics import archiver, auth, chief, processes, runs, session, storage
+from colab_magics import archiver, processes, runs, session, storage
 from colab_magics.errors import (
     CommandNotFound,
     InvalidBucketURL,
@@ -84,14 +84,13 @@ def run(
     root = Path(run_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise RunDirError(f"RUN_DIR {root} is a file: give the directory the command writes its checkpoints into")
+    worker = archiver.Archiver(root, location.url, every, events=events, keep=keep, settings=settings,
+                               last_chance_timeout=final_timeout)
     if resume:
         restored = runs.resume(root, location.url, settings=settings)
         log.info("%s", f"resumed from {restored.url} (step {restored.step})" if restored else restored.note)
-    elif chief.is_chief():  # fail now, not after hours of training, when the bucket cannot be reached
-        storage.require_bucket(auth.storage_client(), location)
-
-    worker = archiver.Archiver(root, location.url, every, events=events, keep=keep, settings=settings,
-                               last_chance_timeout=final_timeout)
+    else:
+        worker.check_destination()
     registry = session.current().processes
     # The watchdog stops last: the session then puts back the signal handlers it found (ours are gone)
     with processes.subreaper(), processes.Watchdog(registry) as watchdog, _Forwarding() as forwarding:
