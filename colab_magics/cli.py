@@ -21,7 +21,7 @@ import textwrap
 import threading
 from dataclasses import dataclass
 
-from colab_magics.errors import InvalidBucketURL, InvalidInterval
+from colab_magics.errors import CommandNotFound, InvalidBucketURL, InvalidInterval
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ COMMANDS = {
     ),
 }
 _RETURNS_AT_ONCE = {"--list", "--unmount", "--stop"}  # foreground commands that only look or undo
-BAD_ARGUMENTS = (InvalidBucketURL, InvalidInterval)  # a wrong argument, not a failed operation: exit 2
+BAD_ARGUMENTS = (InvalidBucketURL, InvalidInterval, CommandNotFound)  # a wrong argument, not a failed operation: exit 2
 
 
 class Misuse(Exception):
@@ -443,7 +443,7 @@ def _run_supervised(args: list[str], *, emulator: bool, project: str | None) -> 
         done = supervise.run(options.run_dir, options.destination, command, every=options.every,
                              resume=options.resume, keep=options.keep, events=options.events,
                              final_timeout=options.final_timeout, settings=_with_streams(options.streams))
-    except supervise.USAGE_ERRORS as exc:
+    except BAD_ARGUMENTS as exc:
         return _misuse("run", words.render(exc))
     except ColabMagicsError as exc:
         return _failure("run", words.render(exc))

@@ -25,13 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from colab_magics import archiver, processes, runs, session, storage
-from colab_magics.errors import (
-    CommandNotFound,
-    InvalidBucketURL,
-    InvalidInterval,
-    RunDirError,
-    check_keep,
-)
+from colab_magics.errors import CommandNotFound, RunDirError, check_keep
 from colab_magics.settings import Settings, effective
 
 log = logging.getLogger(__name__)
@@ -40,7 +34,6 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _WAIT_SLICE = 1.0  # the child's exit is checked this often; signals are handled at once regardless
 _REAP_EVERY = 10.0  # orphans that came back to us and died are collected this often while the command runs
 LEFTOVER_GRACE = 5.0  # what the command left running gets this long after SIGTERM (at most final_timeout)
-USAGE_ERRORS = (CommandNotFound, InvalidBucketURL, InvalidInterval)  # wrong arguments, not a failure
 
 
 @dataclass(frozen=True)
