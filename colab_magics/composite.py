@@ -265,7 +265,7 @@ class _Save:
         its crc32c against the parts' combined; return the archive's blob."""
         expected = 0
         for part in parts:
-            expected = ziplayout.crc32c_combine(expected, part.crc32c, part.length)
+            expected = packing.crc32c_combine(expected, part.crc32c, part.length)
         level = [self.bucket.blob(part.name) for part in parts]
         while len(level) > MAX_COMPOSE:
             groups = [level[i:i + MAX_COMPOSE] for i in range(0, len(level), MAX_COMPOSE)]

@@ -13,7 +13,7 @@ written (absolute paths, `..`, links, devices, paths deeper than MAX_DEPTH are r
 enforced while inflating, with memory bounded by a constant; what is written goes into a staging
 directory that `restore` swaps into place. A zip is cut into slices (`ZipPlan.slices`) that
 workers extract independently from ranged reads (`sliced`), each piece's CRC-32 combined into the
-member's (`crc_combine`); a tar.gz is read as one stream.
+member's (`crc32_combine`); a tar.gz is read as one stream.
 """
 
 from __future__ import annotations
@@ -461,6 +461,16 @@ def crc_combine(crc1: int, crc2: int, len2: int, poly: int = CRC32_POLY) -> int:
     return _multiply(shift, crc1, poly) ^ crc2
 
 
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The zip CRC-32 (zlib.crc32) of A + B from crc(A), crc(B) and len(B)."""
+    return crc_combine(crc1, crc2, len2, CRC32_POLY)
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """Cloud Storage's crc32c (google_crc32c) of A + B from crc32c(A), crc32c(B) and len(B)."""
+    return crc_combine(crc1, crc2, len2, CRC32C_POLY)
+
+
 # --- reading a zip's index from the object's tail -----------------------------------------------
 INDEX_TAIL = 256 * 1024  # first guess at the index's size: one request for most archives
 MAX_INDEX = 64 * 1024 * 1024  # ~400 000 members with typical names; a larger claim is refused unread
@@ -712,7 +722,7 @@ class ZipPlan:
             for offset, length, piece_crc in sorted(member.pieces):
                 if offset != size:
                     raise CorruptArchive(f"member {_shown(info.filename)} arrived incomplete: the archive is corrupt")
-                crc, size = crc_combine(crc, piece_crc, length), size + length
+                crc, size = crc32_combine(crc, piece_crc, length), size + length
             if size != info.file_size or crc != info.CRC:
                 raise CorruptArchive(f"member {_shown(info.filename)} fails its CRC check: the archive is corrupt")
             target = dest.joinpath(*member.entry.path.parts)

@@ -11,7 +11,7 @@ has no index and stays one stream (`runs._extract`).
 
 Verification, sound whatever a response carries: every byte of the object goes through exactly one
 slice or the index read, so the slices' crc32c values, combined in order with the index's
-(`packing.crc_combine`, no byte read twice), are the object's crc32c, compared with its metadata;
+(`packing.crc32c_combine`, no byte read twice), are the object's crc32c, compared with its metadata;
 then every member's CRC-32 (its pieces' combined) is compared with the index. One failure fails the
 restore as a whole: the other workers stop at their next block and `restore.Restore` drops the
 staging directory, so TARGET_DIR is untouched.
@@ -62,9 +62,9 @@ def restore_zip(blob, dest: Path, budget: packing.Budget, settings: Settings, *,
         crcs = _extract(plan, slices, tail, reader, dest, streams, settings.retry_deadline, on_bytes)
     crc = 0
     for piece, piece_crc in zip(slices, crcs):
-        crc = packing.crc_combine(crc, piece_crc, piece.end - piece.start, packing.CRC32C_POLY)
+        crc = packing.crc32c_combine(crc, piece_crc, piece.end - piece.start)
     index_bytes = tail.bytes(plan.start_dir, blob.size)
-    crc = packing.crc_combine(crc, _crc32c(0, index_bytes), len(index_bytes), packing.CRC32C_POLY)
+    crc = packing.crc32c_combine(crc, _crc32c(0, index_bytes), len(index_bytes))
     if blob.crc32c and crc != int.from_bytes(base64.b64decode(blob.crc32c), "big"):
         raise DownloadFailed(f"{reader.name} failed its crc32c check while downloading: try again")
     return plan.finish(dest)

@@ -14,8 +14,8 @@ Concatenated in order (a compose), the segments are one ordinary zip. Every memb
 Python's zipfile writes into a stream — flag bit 3, CRC and sizes in a data descriptor after the data
 — so `unzip`, `zipfile` and every loader of ours read it. A member larger than a part is stored (not
 deflated), so it can be cut at any byte; a smaller one that crosses a part boundary is cut only if a
-sample of it does not compress. A cut member's CRC-32 is combined from its pieces' (`crc32_combine`),
-and the composed object's crc32c from its parts' (`crc32c_combine`). A single stream is the same plan
+sample of it does not compress. A cut member's CRC-32 is combined from its pieces' (`packing.crc32_combine`),
+and the composed object's crc32c from its parts' (`packing.crc32c_combine`). A single stream is the same plan
 with one job and no cut, the directory written after it.
 """
 
@@ -372,7 +372,7 @@ def assemble(layout: Layout, written: Mapping[int, Written], comment: bytes = b"
                 entry = entries[i]
                 if rec.header_at is not None:
                     entry.header_offset, entry.method = offset + rec.header_at, rec.method
-                entry.crc = crc32_combine(entry.crc, rec.crc, rec.size)
+                entry.crc = packing.crc32_combine(entry.crc, rec.crc, rec.size)
                 entry.compressed += rec.data_length
                 entry.size += rec.size
             lengths.append(done.length)
@@ -415,13 +415,3 @@ def central_directory(entries: list[_Entry], start: int, comment: bytes = b"") -
     out += _END.pack(b"PK\x05\x06", 0, 0, count, count, length, start, len(comment)) + comment
     return bytes(out)
 
-
-# --- CRC arithmetic: the checksum of a concatenation from its parts' (packing.crc_combine) ---------
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The zip CRC-32 of A + B from crc(A), crc(B) and len(B)."""
-    return packing.crc_combine(crc1, crc2, len2, packing.CRC32_POLY)
-
-
-def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
-    """Cloud Storage's crc32c of A + B from crc32c(A), crc32c(B) and len(B)."""
-    return packing.crc_combine(crc1, crc2, len2, packing.CRC32C_POLY)

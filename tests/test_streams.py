@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from IPython.core.error import UsageError
 
-from colab_magics import composite, runs, ziplayout
+from colab_magics import composite, packing, runs, ziplayout
 from colab_magics.errors import CheckpointChanging, ColabMagicsError, InvalidBucketURL, InvalidValue
 from colab_magics.settings import Settings
 from conftest import poll, sigkill_mid_way
@@ -332,6 +332,6 @@ def test_crc_combination_matches_zlib_and_crc32c():
     rng = random.Random(5)
     for _ in range(30):
         a, b = rng.randbytes(rng.randrange(0, 3000)), rng.randbytes(rng.randrange(0, 3000))
-        assert ziplayout.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+        assert packing.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
         c = [int.from_bytes(google_crc32c.Checksum(x).digest(), "big") for x in (a, b, a + b)]
-        assert ziplayout.crc32c_combine(c[0], c[1], len(b)) == c[2]
+        assert packing.crc32c_combine(c[0], c[1], len(b)) == c[2]
