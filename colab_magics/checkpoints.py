@@ -502,7 +502,7 @@ class _Scan:
                             and os.path.basename(u.path) == weights_name), None) if metadata else None
             if weights is None:
                 continue
-            record = _json_record(metadata.path)
+            record = json_record(metadata.path)
             epoch, batch = sane_step(record.get("epoch")), record.get("batch", 0)
             if epoch is None or batch not in (0, None):
                 continue
@@ -608,7 +608,7 @@ class _Scan:
         for series, step in kept.items():
             for unit in self.series[series].get(step, ()) if step is not None else ():
                 if unit.layout == "huggingface":  # checkpoint-N/trainer_state.json names the best checkpoint
-                    best = _json_record(os.path.join(unit.path, TRAINER_STATE)).get("best_model_checkpoint")
+                    best = json_record(os.path.join(unit.path, TRAINER_STATE)).get("best_model_checkpoint")
                     if isinstance(best, str) and best:
                         keep(os.path.join(os.path.dirname(unit.path), _basename(best)),
                              f"best_model_checkpoint in {self._rel(unit.path)}/{TRAINER_STATE}")
@@ -746,14 +746,16 @@ def _small_text(path: str) -> str | None:
         return None
 
 
-def _json_record(path: str) -> dict:
+def json_record(path: str | os.PathLike) -> dict:
     """A JSON record's top-level object (`trainer_state.json`, `training_metadata.json`), or {}; read
-    once per file version."""
+    bounded, once per file version, and only from a regular file (a FIFO would block)."""
     try:
         st = os.stat(path)
     except OSError:
         return {}
-    return _json_cached(path, st.st_mtime_ns, st.st_size, st.st_ino)
+    if not stat.S_ISREG(st.st_mode):
+        return {}
+    return _json_cached(os.fspath(path), st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 @functools.lru_cache(maxsize=256)

@@ -16,13 +16,12 @@ Nothing is guessed: a number without a key (`ckpt-3`) is not called an epoch.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from colab_magics.checkpoints import STATE_FILE, tf_prefix_step, tf_state_path
+from colab_magics.checkpoints import KERAS_BACKUP, STATE_FILE, TRAINER_STATE, json_record, tf_prefix_step, tf_state_path
 from colab_magics.torchfile import MAX_STEP, recorded_progress, sane_step
 
 _EPOCH = re.compile(r"(?:^|[^a-z])epoch[=_-]?(\d+)", re.I)
@@ -63,14 +62,6 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(_read(path) or "null")
-    except (ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _number(value) -> int | float | None:
     """A step or epoch as a record holds it: a non-negative int or finite float of sane size, else None
     (a record may come from a bucket: `true`, -5, NaN or a 4 000-digit number is no epoch)."""
@@ -82,13 +73,13 @@ def _number(value) -> int | float | None:
 
 
 def _trainer_state(checkpoint: Path) -> Position:
-    state = _json(_home(checkpoint) / "trainer_state.json")
+    state = json_record(_home(checkpoint) / TRAINER_STATE)
     step = _number(state.get("global_step"))
     return Position(int(step) if step is not None else None, _number(state.get("epoch")))
 
 
 def _keras_backup(checkpoint: Path) -> Position:
-    return Position(epoch=_number(_json(_home(checkpoint) / "training_metadata.json").get("epoch")))
+    return Position(epoch=_number(json_record(_home(checkpoint) / KERAS_BACKUP[0]).get("epoch")))
 
 
 def _from_names(checkpoint: Path, target: Path) -> Position:
