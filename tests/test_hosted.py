@@ -593,8 +593,10 @@ def test_kaggle_add_on_attached_but_not_linked_is_one_line(kaggle, monkeypatch):
     one_line(caught.value)
 
 
-def test_the_real_kaggle_client_reports_http_errors_as_connection_errors(kaggle):
-    """The fact the adapter is built on (kaggle_web_client catches URLError before HTTPError)."""
+def test_the_kaggle_client_stand_in_reports_http_errors_as_connection_errors(kaggle):
+    """The fact the adapter is built on (kaggle_web_client catches URLError before HTTPError), as the
+    stand-in reproduces it against a local server answering 403 and 500 (the real module is not in
+    the repository: fetched code is never committed)."""
     from urllib.error import HTTPError
 
     from google.auth.exceptions import RefreshError
